@@ -1,0 +1,32 @@
+"""Argument checks shared by the public ops: each error names the argument and what was expected."""
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: reference only
+
+
+def tensor(op, name, t, ndim=None, min_ndim=None):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"fastgpt.ops.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"fastgpt.ops.{op}: {name} must be a floating-point tensor (float32, float16, bfloat16; float64 on the reference backend), got {t.dtype}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"fastgpt.ops.{op}: {name} must be {ndim}-d, got shape {tuple(t.shape)}")
+    if min_ndim is not None and t.dim() < min_ndim:
+        raise ValueError(f"fastgpt.ops.{op}: {name} must have at least {min_ndim} dim(s), got shape {tuple(t.shape)}")
+
+
+def like(op, name, t, ref, ref_name, shape):
+    """Optional tensor ``t`` must have ``shape`` and ``ref``'s device. Its dtype may differ (fp32
+    parameters beside bf16 activations under autocast): the ops cast it to ``ref``'s."""
+    if t is None:
+        return
+    tensor(op, name, t)
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"fastgpt.ops.{op}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if t.device != ref.device:
+        raise ValueError(f"fastgpt.ops.{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def cast(t, dtype):
+    """``t`` in ``dtype`` (None stays None): parameters follow the activation's precision."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)

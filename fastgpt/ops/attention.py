@@ -1,0 +1,115 @@
+"""fastgpt.ops.attention: causal flash-attention, Triton-fused on the ``triton`` backend."""
+import importlib.util
+import math
+
+import torch
+from torch import Tensor
+
+from fastgpt import reference
+from fastgpt.backends import choose, triton_why_not
+from fastgpt.ops import _checks
+
+_HAS_KERNEL = importlib.util.find_spec("fastgpt.kernels.attention") is not None
+TRITON_HEAD_DIMS = (16, 32, 64, 128)
+
+
+def _check(q, k, v, dropout_p, scale):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _checks.tensor("attention", name, t, ndim=4)
+    B, H, Tq, D = q.shape
+    if k.shape[:2] != (B, H) or k.shape[3] != D or v.shape != k.shape:
+        raise ValueError(
+            f"fastgpt.ops.attention: k and v must be (B, H, Tk, D) = ({B}, {H}, Tk, {D}) like q {tuple(q.shape)}, "
+            f"got k {tuple(k.shape)} and v {tuple(v.shape)}"
+        )
+    if Tq > k.shape[2]:
+        raise ValueError(f"fastgpt.ops.attention: q has {Tq} positions but k only {k.shape[2]}; need Tq <= Tk")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"fastgpt.ops.attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"fastgpt.ops.attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"fastgpt.ops.attention: dropout_p must be in [0, 1), got {dropout_p}")
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"fastgpt.ops.attention: scale must be a positive finite number or None, got {scale}")
+
+
+def backend(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: float = 0.0, scale=None) -> str:
+    """The backend attention would run this call on."""
+    _check(q, k, v, dropout_p, scale)
+
+    def why_not(name):
+        if name == "reference":
+            return None
+        if name == "cuda":
+            return "fastgpt._C has no attention kernel; use 'triton' or 'reference'"
+        if not _HAS_KERNEL:
+            return "this build has no Triton attention kernel"
+        if q.shape[-1] not in TRITON_HEAD_DIMS:
+            return f"the Triton kernel supports head dims {TRITON_HEAD_DIMS}, got {q.shape[-1]}"
+        return triton_why_not(q)
+
+    return choose("attention", why_not, ("triton",) if q.is_cuda else ())
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: float = 0.0, scale=None) -> Tensor:
+    """softmax(q k^T * scale + causal mask) v, like ``F.scaled_dot_product_attention``.
+
+    q (B, H, Tq, D); k, v (B, H, Tk, D) with Tq <= Tk; strided views are fine. Returns
+    (B, H, Tq, D) in q's dtype. scale defaults to 1/sqrt(D). With Tq < Tk the causal mask is
+    aligned bottom-right (query i sees keys j <= i + Tk - Tq), which is what a KV cache needs.
+    Dropout on the attention weights; its seed comes from torch's default generator, so
+    ``torch.manual_seed`` makes it reproducible.
+    """
+    name = backend(q, k, v, causal, dropout_p, scale)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if name == "reference":
+        return reference.attention(q, k, v, causal, dropout_p, scale)
+    # Drawn even without dropout so the call has one shape under torch.compile; cheap on CPU.
+    seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64) if dropout_p > 0 else torch.zeros(1, dtype=torch.int64)
+    return _attention_triton(q, k, v, causal, float(dropout_p), scale, seed)[0]
+
+
+@torch.library.custom_op("fastgpt::attention", mutates_args=())
+def _attention_triton(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool, dropout_p: float, scale: float, seed: Tensor
+) -> tuple[Tensor, Tensor]:
+    from fastgpt.kernels.attention import attention_fwd
+
+    return attention_fwd(q, k, v, causal, scale, dropout_p, int(seed.item()))
+
+
+@_attention_triton.register_fake
+def _(q, k, v, causal, dropout_p, scale, seed):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("fastgpt::attention_backward", mutates_args=())
+def _attention_backward_triton(
+    do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
+    causal: bool, dropout_p: float, scale: float, seed: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    from fastgpt.kernels.attention import attention_bwd
+
+    return attention_bwd(do, q, k, v, o, lse, causal, scale, dropout_p, int(seed.item()))
+
+
+@_attention_backward_triton.register_fake
+def _(do, q, k, v, o, lse, causal, dropout_p, scale, seed):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, causal, dropout_p, scale, seed = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, seed)
+    ctx.causal, ctx.dropout_p, ctx.scale = causal, dropout_p, scale
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, o, lse, seed = ctx.saved_tensors
+    dq, dk, dv = _attention_backward_triton(do, q, k, v, o, lse, ctx.causal, ctx.dropout_p, ctx.scale, seed)
+    return dq, dk, dv, None, None, None, None
+
+
+_attention_triton.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,88 @@
+"""fastgpt.ops.qkv_projection: nanoGPT's c_attn projection written straight into heads.
+
+The ``cuda`` backend is the extension op ``torch.ops.fastgpt.qkv_projection`` (csrc/): a
+CUDA kernel on CUDA tensors and its C++ twin on CPU tensors. It returns one contiguous
+(3, B, H, T, D) tensor whose three slices are q, k, v.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastgpt import reference
+from fastgpt.backends import choose
+from fastgpt.ops import _checks
+
+try:
+    from fastgpt import _C
+    EXTENSION_ERROR = None
+except ImportError as e:  # reported by backend(), never swallowed
+    _C, EXTENSION_ERROR = None, f"fastgpt._C could not be imported ({e}); reinstall with 'pip install -e .'"
+
+
+def _check(x, weight, bias, n_head):
+    _checks.tensor("qkv_projection", "x", x, ndim=3)
+    C = x.shape[2]
+    if not isinstance(n_head, int) or n_head <= 0 or C % n_head:
+        raise ValueError(f"fastgpt.ops.qkv_projection: n_head must be a positive int dividing C = {C}, got {n_head!r}")
+    _checks.like("qkv_projection", "weight", weight, x, "x", (3 * C, C))
+    _checks.like("qkv_projection", "bias", bias, x, "x", (3 * C,))
+
+
+def backend(x: Tensor, weight: Tensor, bias: Optional[Tensor], n_head: int) -> str:
+    """The backend qkv_projection would run this call on."""
+    _check(x, weight, bias, n_head)
+
+    def why_not(name):
+        if name == "reference":
+            return None
+        if name == "triton":
+            return "there is no Triton qkv_projection kernel; use 'cuda' or 'reference'"
+        if _C is None:
+            return EXTENSION_ERROR
+        if x.is_cuda and not _C.cuda_built():
+            return "fastgpt._C was built without its CUDA part (FASTGPT_SKIP_CUDA_BUILD or no nvcc)"
+        if x.device.type not in ("cpu", "cuda"):
+            return f"fastgpt._C runs on cpu and cuda tensors, got {x.device.type}"
+        return None
+
+    # auto keeps cuBLAS (reference) until the fused CUDA kernel measures faster.
+    return choose("qkv_projection", why_not, ())
+
+
+def qkv_projection(x: Tensor, weight: Tensor, bias: Optional[Tensor], n_head: int) -> tuple[Tensor, Tensor, Tensor]:
+    """x (B, T, C) @ weight(3C, C)^T + bias(3C) -> q, k, v, each (B, H, T, D), D = C / n_head.
+
+    weight and bias are nanoGPT's ``attn.c_attn`` parameters, unchanged. Under autocast the
+    extension path computes in the autocast dtype, as ``F.linear`` does; otherwise in x's dtype.
+    """
+    name = backend(x, weight, bias, n_head)
+    if name == "reference":
+        return reference.qkv_projection(x, weight, bias, n_head)
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    x, weight, bias = (_checks.cast(t, dtype) for t in (x, weight, bias))
+    return torch.ops.fastgpt.qkv_projection(x, weight, bias, n_head).unbind(0)
+
+
+if _C is not None:
+
+    @torch.library.register_fake("fastgpt::qkv_projection")
+    def _(x, weight, bias, n_head):
+        B, T, C = x.shape
+        return x.new_empty(3, B, n_head, T, C // n_head)
+
+    @torch.library.register_fake("fastgpt::qkv_projection_backward")
+    def _(grad, x, weight, has_bias):
+        return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape[0] if has_bias else 0)
+
+    def _setup_context(ctx, inputs, output):
+        x, weight, bias, _n_head = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+
+    def _backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        dx, dw, db = torch.ops.fastgpt.qkv_projection_backward(grad, x, weight, ctx.has_bias)
+        return dx, dw, db if ctx.has_bias else None, None
+
+    torch.library.register_autograd("fastgpt::qkv_projection", _backward, setup_context=_setup_context)

@@ -1,0 +1,59 @@
+"""Pure-PyTorch implementations of every fastgpt op, with the public ops' signatures.
+
+They are the CPU path (the ``reference`` backend), the baseline the benchmarks measure
+against, and — computed in fp32 on upcast inputs — the oracle the kernel tests compare with.
+Shapes follow nanoGPT: B batch, T time, C channels (n_embd), H heads, D = C / H head dim.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    """LayerNorm over the last dim. x (..., C); weight, bias (C,) or None."""
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def bias_gelu(x, bias, approximate="none"):
+    """gelu(x + bias). x (..., N); bias (N,) or None; approximate 'none' (erf) or 'tanh'."""
+    return F.gelu(x if bias is None else x + bias, approximate=approximate)
+
+
+def causal_mask(q_len, k_len, device=None):
+    """(q_len, k_len) bool, True where attention is allowed; aligned bottom-right, so with
+    q_len < k_len (a KV cache) the last query sees every key."""
+    return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
+
+
+def attention(q, k, v, causal=True, dropout_p=0.0, scale=None):
+    """softmax(q k^T * scale + mask) v. q (B, H, Tq, D); k, v (B, H, Tk, D), Tq <= Tk.
+
+    scale defaults to 1/sqrt(D); the causal mask is aligned bottom-right (see causal_mask).
+    """
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    if causal and Tq != Tk:
+        mask = causal_mask(Tq, Tk, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
+
+
+def attention_math(q, k, v, causal=True, scale=None, dropout_mask=None, dropout_p=0.0):
+    """The same attention spelled out (materialises the T x T scores): the naive baseline,
+    and the oracle for dropout, which needs an explicit keep-mask (B, H, Tq, Tk) bool."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    att = (q @ k.transpose(-2, -1)) * scale
+    if causal:
+        att = att.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+    att = torch.softmax(att, dim=-1)
+    if dropout_mask is not None:
+        att = att * dropout_mask / (1.0 - dropout_p)
+    return att @ v
+
+
+def qkv_projection(x, weight, bias, n_head):
+    """nanoGPT's c_attn then split into heads: x (B, T, C), weight (3C, C), bias (3C,) or None
+    -> q, k, v, each (B, H, T, D) (views of one (B, T, 3C) tensor, as in nanoGPT)."""
+    B, T, C = x.shape
+    q, k, v = F.linear(x, weight, bias).split(C, dim=2)
+    return tuple(t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))

