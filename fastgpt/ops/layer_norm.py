@@ -10,7 +10,7 @@ from fastgpt.backends import choose, triton_why_not
 from fastgpt.ops import _checks
 
 _HAS_KERNEL = importlib.util.find_spec("fastgpt.kernels.layer_norm") is not None
-MAX_TRITON_WIDTH = 65536  # the kernel keeps a row on-chip
+MAX_TRITON_WIDTH = 8192  # = fastgpt.kernels.layer_norm.MAX_N: the kernel keeps a row on-chip
 
 
 def _check(x, weight, bias):
@@ -72,17 +72,16 @@ def _layer_norm_backward_triton(
 
     C = x.shape[-1]
     dx, dw, db = layer_norm_bwd(dy.reshape(-1, C), x.reshape(-1, C), weight, bias, mean, rstd)
-    empty = x.new_empty(0)
-    return dx.view(x.shape), empty if dw is None else dw, empty if db is None else db
+    # outputs of a custom op may not alias each other: a fresh empty for each missing gradient
+    return dx.view(x.shape), x.new_empty(0) if dw is None else dw, x.new_empty(0) if db is None else db
 
 
 @_layer_norm_backward_triton.register_fake
 def _(dy, x, weight, bias, mean, rstd):
-    empty = x.new_empty(0)
     return (
         x.new_empty(x.shape),
-        empty if weight is None else weight.new_empty(weight.shape),
-        empty if bias is None else bias.new_empty(bias.shape),
+        x.new_empty(0) if weight is None else weight.new_empty(weight.shape),
+        x.new_empty(0) if bias is None else bias.new_empty(bias.shape),
     )
 
 

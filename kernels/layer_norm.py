@@ -1,0 +1,382 @@
+"""Fused LayerNorm forward and backward (Triton) and their host launchers.
+
+``layer_norm_fwd(x, weight, bias, eps) -> (y, mean, rstd)`` and
+``layer_norm_bwd(dy, x, weight, bias, mean, rstd) -> (dx, dweight, dbias)`` on 2-D (M, N)
+tensors, normalizing over the last dimension as ``F.layer_norm(x, (N,), weight, bias, eps)``.
+``weight`` and ``bias`` may each be None (nanoGPT's ``bias=False``). Statistics are fp32.
+
+The backward reduces dweight/dbias without atomics: each program of the dx kernel owns a
+contiguous block of rows and writes one fp32 partial row into a (G, N) buffer, then
+``_layer_norm_bwd_dwdb_kernel`` sums that buffer's columns in a fixed order, so the result is
+bit-identical from run to run on a given device.
+"""
+import contextlib
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+# Widest row the kernels support: the forward keeps a whole row in registers and the backward
+# a row plus its dweight/dbias partials; above this they would spill (checked ahead of time
+# for sm_80 and sm_90 in tests/test_aot_norms.py).
+MAX_N = 8192
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# The column-reduction tile of _layer_norm_bwd_dwdb_kernel: narrow column blocks (one 128-byte
+# line of fp32 per partial row) so that even N = 768 gives the reduction a few dozen programs.
+_DWDB_BLOCK_G = 128
+_DWDB_BLOCK_N = 32
+_DWDB_NUM_WARPS = 4
+# Fewest rows per backward program: below this the (G, N) partials cost more than they save.
+_MIN_ROWS_PER_PROG = 16
+
+
+def launch_config(N: int) -> dict:
+    """The launch configuration of the forward and dx kernels for rows of width ``N``.
+
+    BLOCK_N:          next power of two >= N; the whole row is one tile.
+    BLOCK_M:          rows per forward program: a few for narrow rows so each program moves
+                      at least ~2K elements, one from N > 1024 on.
+    num_warps:        4 up to N = 1024, 8 up to 4096, 16 above (<= 16 fp32 values per thread
+                      per row for the widths GPT-2 uses).
+    programs_per_sm:  backward programs per SM: as many as are co-resident at the registers
+                      the dx kernel needs (64 at 4 warps, 128 at 8 and 16 warps on sm_90, see
+                      tests/test_aot_norms.py); each walks its rows one at a time, so resident
+                      programs are the only latency hiding. More would just run in a second
+                      wave and grow the partial-sum buffer.
+    """
+    if not 1 <= N <= MAX_N:
+        raise ValueError(f"N must be in [1, {MAX_N}], got {N}")
+    block_n = triton.next_power_of_2(N)
+    num_warps = 4 if block_n <= 1024 else 8 if block_n <= 4096 else 16
+    return {
+        "BLOCK_N": block_n,
+        "BLOCK_M": max(1, min(8, 2048 // block_n)),
+        "num_warps": num_warps,
+        "programs_per_sm": {4: 8, 8: 2, 16: 1}[num_warps],
+    }
+
+
+def _on_device(t: torch.Tensor):
+    # Triton launches on the current CUDA device: make that t's (a no-op on the CPU/interpreter).
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the interpreter runs programs one after another; a few keep it quick
+
+
+@triton.jit
+def _layer_norm_fwd_kernel(
+    X_ptr, Y_ptr, W_ptr, B_ptr, Mean_ptr, Rstd_ptr,
+    stride_x_row, stride_y_row,
+    M, N, eps,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+):
+    """LayerNorm forward over BLOCK_M rows.
+
+    Grid: (cdiv(M, BLOCK_M),); program i normalizes rows [i*BLOCK_M, (i+1)*BLOCK_M).
+    Tiles: BLOCK_M x BLOCK_N, BLOCK_N = next_pow2(N) >= N (columns >= N are masked).
+    Pointers: X (M, N) x.dtype, row stride stride_x_row, unit column stride;
+              Y (M, N) x.dtype, row stride stride_y_row; W, B (N,) x.dtype (unused unless
+              HAS_W / HAS_B); Mean, Rstd (M,) fp32.
+    On-chip: the rows, their mean and rstd, W and B all stay in registers; x is read once.
+    HBM bytes per element: 2 * sizeof(x.dtype) (read x, write y) + 8 / N (mean, rstd).
+    Accumulation: fp32 (two-pass variance over the register-resident row).
+    Constraints: BLOCK_N >= N, BLOCK_N <= MAX_N (host checks), unit column stride (the
+    launcher copies x otherwise).
+    """
+    tl.static_assert(BLOCK_N <= 8192, "a row must fit in registers")
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    cols = tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    row_mask = rows < M
+    col_mask = cols < N
+    mask = row_mask[:, None] & col_mask[None, :]  # (BLOCK_M, BLOCK_N)
+    rows64 = rows.to(tl.int64)
+
+    x = tl.load(X_ptr + rows64[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0)
+    x = x.to(tl.float32)
+    mean = tl.sum(x, axis=1) / N  # (BLOCK_M,)
+    xc = tl.where(mask, x - mean[:, None], 0.0)
+    var = tl.sum(xc * xc, axis=1) / N
+    rstd = 1.0 / tl.sqrt(var + eps)
+    y = xc * rstd[:, None]
+    if HAS_W:
+        w = tl.load(W_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        y = y * w[None, :]
+    if HAS_B:
+        b = tl.load(B_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        y = y + b[None, :]
+    tl.store(Y_ptr + rows64[:, None] * stride_y_row + cols[None, :],
+             y.to(Y_ptr.dtype.element_ty), mask=mask)
+    tl.store(Mean_ptr + rows, mean, mask=row_mask)
+    tl.store(Rstd_ptr + rows, rstd, mask=row_mask)
+
+
+# LayerNorm VJP, per row of N columns:
+#   mu = mean(x),  rstd = (var(x) + eps)^-1/2,  xhat = (x - mu) * rstd,  y = xhat * w + b.
+# d xhat_i / d x_j = rstd * (delta_ij - 1/N) + (x_i - mu) * d rstd / d x_j
+#                  = rstd * (delta_ij - 1/N - xhat_i * xhat_j / N),
+# since d rstd / d x_j = -rstd^3 * (x_j - mu) / N. With g = dy * w (the gradient of xhat):
+#   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+#   dw = sum over rows of dy * xhat,   db = sum over rows of dy.
+@triton.jit
+def _layer_norm_bwd_dx_kernel(
+    DY_ptr, X_ptr, W_ptr, Mean_ptr, Rstd_ptr, DX_ptr, DW_part_ptr, DB_part_ptr,
+    stride_dy_row, stride_x_row, stride_dx_row,
+    M, N, ROWS_PER_PROG,
+    BLOCK_N: tl.constexpr,
+    HAS_W: tl.constexpr, HAS_DW: tl.constexpr, HAS_DB: tl.constexpr,
+):
+    """LayerNorm backward: dx for a block of rows, plus that block's dweight/dbias partials.
+
+    Grid: (G,) with G = cdiv(M, ROWS_PER_PROG); program i loops over rows
+    [i*ROWS_PER_PROG, min((i+1)*ROWS_PER_PROG, M)) one row at a time.
+    Tiles: one row of BLOCK_N = next_pow2(N) >= N columns (columns >= N masked).
+    Pointers: DY, X (M, N) x.dtype with row strides stride_dy_row / stride_x_row and unit
+              column stride; DX (M, N) x.dtype, row stride stride_dx_row; W (N,) x.dtype
+              (unused unless HAS_W); Mean, Rstd (M,) fp32; DW_part, DB_part (G, N) fp32,
+              contiguous (unused unless HAS_DW / HAS_DB).
+    On-chip: W and the fp32 dweight/dbias partial sums stay in registers for the whole loop;
+    each row of x and dy is read once.
+    HBM bytes per element: 3 * sizeof(x.dtype) (read x, dy; write dx) + 8 / N (mean, rstd)
+    + 4 * G / M per partial buffer.
+    Accumulation: fp32 (row reductions and the partial sums).
+    Constraints: BLOCK_N >= N, BLOCK_N <= MAX_N (host checks), unit column stride.
+    """
+    tl.static_assert(BLOCK_N <= 8192, "a row and its partials must fit in registers")
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    if HAS_W:
+        w = tl.load(W_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    dw_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    row_start = pid * ROWS_PER_PROG
+    row_end = tl.minimum(row_start + ROWS_PER_PROG, M)
+    # 64-bit row offsets: M * stride may exceed 2**31.
+    x_ptrs = X_ptr + row_start.to(tl.int64) * stride_x_row + cols
+    dy_ptrs = DY_ptr + row_start.to(tl.int64) * stride_dy_row + cols
+    dx_ptrs = DX_ptr + row_start.to(tl.int64) * stride_dx_row + cols
+    for row in range(row_start, row_end):
+        x = tl.load(x_ptrs, mask=col_mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptrs, mask=col_mask, other=0.0).to(tl.float32)
+        mean = tl.load(Mean_ptr + row)
+        rstd = tl.load(Rstd_ptr + row)
+        xhat = tl.where(col_mask, (x - mean) * rstd, 0.0)
+        if HAS_W:
+            g = dy * w
+        else:
+            g = dy
+        c1 = tl.sum(g * xhat, axis=0) / N
+        c2 = tl.sum(g, axis=0) / N
+        dx = (g - (xhat * c1 + c2)) * rstd
+        tl.store(dx_ptrs, dx.to(DX_ptr.dtype.element_ty), mask=col_mask)
+        x_ptrs += stride_x_row
+        dy_ptrs += stride_dy_row
+        dx_ptrs += stride_dx_row
+        if HAS_DW:
+            dw_acc += dy * xhat
+        if HAS_DB:
+            db_acc += dy
+    if HAS_DW:
+        tl.store(DW_part_ptr + pid * N + cols, dw_acc, mask=col_mask)
+    if HAS_DB:
+        tl.store(DB_part_ptr + pid * N + cols, db_acc, mask=col_mask)
+
+
+@triton.jit
+def _layer_norm_bwd_dwdb_kernel(
+    DW_part_ptr, DB_part_ptr, DW_ptr, DB_ptr,
+    G, N,
+    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_DW: tl.constexpr, HAS_DB: tl.constexpr,
+):
+    """Sum the (G, N) partials of _layer_norm_bwd_dx_kernel over G, in a fixed order.
+
+    Grid: (cdiv(N, BLOCK_N),); program j reduces columns [j*BLOCK_N, (j+1)*BLOCK_N).
+    Tiles: BLOCK_G x BLOCK_N; the loop walks G in steps of BLOCK_G, then one tl.sum over
+    axis 0 -- the same order on every run, hence deterministic.
+    Pointers: DW_part, DB_part (G, N) fp32 contiguous; DW, DB (N,) weight.dtype / bias.dtype.
+    On-chip: the BLOCK_G x BLOCK_N fp32 accumulators.
+    HBM bytes: 4 * G * N read and sizeof(dtype) * N written per output.
+    Accumulation: fp32.
+    Constraints: none beyond G, N >= 1.
+    """
+    pid = tl.program_id(0)
+    cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    dw_acc = tl.zeros((BLOCK_G, BLOCK_N), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_G, BLOCK_N), dtype=tl.float32)
+    for g0 in range(0, G, BLOCK_G):
+        rows = g0 + tl.arange(0, BLOCK_G)
+        mask = (rows < G)[:, None] & col_mask[None, :]
+        offs = rows[:, None].to(tl.int64) * N + cols[None, :]
+        if HAS_DW:
+            dw_acc += tl.load(DW_part_ptr + offs, mask=mask, other=0.0)
+        if HAS_DB:
+            db_acc += tl.load(DB_part_ptr + offs, mask=mask, other=0.0)
+    if HAS_DW:
+        tl.store(DW_ptr + cols, tl.sum(dw_acc, axis=0).to(DW_ptr.dtype.element_ty), mask=col_mask)
+    if HAS_DB:
+        tl.store(DB_ptr + cols, tl.sum(db_acc, axis=0).to(DB_ptr.dtype.element_ty), mask=col_mask)
+
+
+def _check_2d(name, t, dtype=None, device=None):
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (M, N), got shape {tuple(t.shape)}")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {dtype} (x's), got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} must be on {device} (x's device), got {t.device}")
+
+
+def _check_vec(name, t, length, dtype, device):
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+    if t.shape != (length,):
+        raise ValueError(f"{name} must have shape ({length},), got {tuple(t.shape)}")
+    if t.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {dtype}, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name} must be on {device} (x's device), got {t.device}")
+
+
+def _check_x(x):
+    _check_2d("x", x)
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+    N = x.shape[1]
+    if not 1 <= N <= MAX_N:
+        raise ValueError(f"x's last dimension N must be in [1, {MAX_N}], got {N}")
+
+
+def _unit_col_stride(t):
+    # The kernels index columns with stride 1; any row stride is fine.
+    return t if t.stride(1) == 1 or t.shape[1] == 1 else t.contiguous()
+
+
+def _contiguous(t):
+    return None if t is None else t.contiguous()
+
+
+def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float):
+    """LayerNorm over the last dimension of a 2-D ``x`` (M, N).
+
+    x:      (M, N), float32/float16/bfloat16, any row stride; if the column stride is not 1
+            it is copied to a contiguous tensor first.
+    weight: (N,) in x's dtype, or None (no scale); copied if not contiguous.
+    bias:   (N,) in x's dtype, or None (no shift); copied if not contiguous.
+    eps:    added to the variance.
+    Returns ``(y, mean, rstd)``: y (M, N) contiguous in x's dtype; mean and rstd (M,) fp32,
+    rstd = 1 / sqrt(var + eps) with the biased variance, as the backward expects.
+    Raises ValueError on a non-2-D x, an unsupported dtype, N outside [1, MAX_N], or a
+    weight/bias of the wrong shape, dtype or device.
+    """
+    _check_x(x)
+    M, N = x.shape
+    _check_vec("weight", weight, N, x.dtype, x.device)
+    _check_vec("bias", bias, N, x.dtype, x.device)
+    x = _unit_col_stride(x)
+    weight, bias = _contiguous(weight), _contiguous(bias)
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    mean = torch.empty((M,), dtype=torch.float32, device=x.device)
+    rstd = torch.empty((M,), dtype=torch.float32, device=x.device)
+    if M == 0:
+        return y, mean, rstd
+    cfg = launch_config(N)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]),)
+    with _on_device(x):
+        _layer_norm_fwd_kernel[grid](
+            x, y,
+            weight if weight is not None else x, bias if bias is not None else x,
+            mean, rstd,
+            x.stride(0), y.stride(0),
+            M, N, float(eps),
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+            HAS_W=weight is not None, HAS_B=bias is not None,
+            num_warps=cfg["num_warps"], num_stages=1,
+        )
+    return y, mean, rstd
+
+
+def backward_grid(M: int, N: int, device: torch.device):
+    """``(G, rows_per_program)`` for the backward: G programs, each owning a row block.
+
+    G depends only on M, N and the device's SM count, so the partial-sum order (and thus
+    dweight/dbias) is reproducible on a given device.
+    """
+    cfg = launch_config(N)
+    target = min(_num_sms(device) * cfg["programs_per_sm"], triton.cdiv(M, _MIN_ROWS_PER_PROG))
+    rows_per_prog = triton.cdiv(M, max(1, target))
+    return triton.cdiv(M, rows_per_prog), rows_per_prog
+
+
+def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.Tensor,
+                   rstd: torch.Tensor):
+    """Gradients of ``layer_norm_fwd``: returns ``(dx, dweight, dbias)``.
+
+    dy, x:      (M, N) in the same dtype and on the same device, any row strides (copied if
+                a column stride is not 1).
+    weight:     (N,) in x's dtype, or None; bias: (N,) in x's dtype, or None (only its
+                presence matters: dbias is computed iff bias is not None).
+    mean, rstd: (M,) fp32, as returned by ``layer_norm_fwd``.
+    Returns dx (M, N) contiguous in x's dtype, dweight in weight's dtype (None if weight is
+    None) and dbias in bias's dtype (None if bias is None). dweight/dbias are reduced without
+    atomics in a fixed order: bit-identical from run to run on the same device.
+    Raises ValueError on mismatched shapes, dtypes or devices (naming the argument).
+    """
+    _check_x(x)
+    M, N = x.shape
+    _check_2d("dy", dy, x.dtype, x.device)
+    if dy.shape != x.shape:
+        raise ValueError(f"dy must have x's shape {tuple(x.shape)}, got {tuple(dy.shape)}")
+    _check_vec("weight", weight, N, x.dtype, x.device)
+    _check_vec("bias", bias, N, x.dtype, x.device)
+    _check_vec("mean", mean, M, torch.float32, x.device)
+    _check_vec("rstd", rstd, M, torch.float32, x.device)
+    x, dy = _unit_col_stride(x), _unit_col_stride(dy)
+    weight, bias = _contiguous(weight), _contiguous(bias)
+    mean, rstd = mean.contiguous(), rstd.contiguous()
+    has_dw, has_db = weight is not None, bias is not None
+
+    dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    dweight = torch.empty_like(weight) if has_dw else None
+    dbias = torch.empty_like(bias) if has_db else None
+    if M == 0:
+        return dx, dweight, dbias
+
+    cfg = launch_config(N)
+    G, rows_per_prog = backward_grid(M, N, x.device)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    dw_part = torch.empty((G, N), **f32) if has_dw else dx
+    db_part = torch.empty((G, N), **f32) if has_db else dx
+    with _on_device(x):
+        _layer_norm_bwd_dx_kernel[(G,)](
+            dy, x, weight if has_dw else x, mean, rstd, dx, dw_part, db_part,
+            dy.stride(0), x.stride(0), dx.stride(0),
+            M, N, rows_per_prog,
+            BLOCK_N=cfg["BLOCK_N"],
+            HAS_W=has_dw, HAS_DW=has_dw, HAS_DB=has_db,
+            num_warps=cfg["num_warps"], num_stages=1,
+        )
+        if has_dw or has_db:
+            _layer_norm_bwd_dwdb_kernel[(triton.cdiv(N, _DWDB_BLOCK_N),)](
+                dw_part, db_part, dweight if has_dw else dx, dbias if has_db else dx,
+                G, N,
+                BLOCK_G=_DWDB_BLOCK_G, BLOCK_N=_DWDB_BLOCK_N,
+                HAS_DW=has_dw, HAS_DB=has_db,
+                num_warps=_DWDB_NUM_WARPS, num_stages=1,
+            )
+    return dx, dweight, dbias

@@ -1,0 +1,225 @@
+"""Ahead-of-time compilation of ``@triton.jit`` kernels for NVIDIA targets, on a CPU-only machine.
+
+Usage (in a test)::
+
+    from aot import compile_for_target, assert_fits
+
+    info = compile_for_target(
+        _my_kernel,
+        signature={"X_ptr": "*bf16", "Y_ptr": "*bf16", "N": "i32", "eps": "fp32", "BLOCK_N": "constexpr"},
+        constexprs={"BLOCK_N": 1024},
+        arch=90, num_warps=4, num_stages=1,
+    )
+    assert_fits(info, "my_kernel N=768 sm_90")
+
+``signature`` names every kernel argument, in any order, with a Triton type string: pointers
+``"*fp32"``, ``"*fp16"``, ``"*bf16"``, ``"*i32"``...; scalars ``"i32"``, ``"i64"``, ``"fp32"``;
+``"constexpr"`` for each constexpr (its value then goes in ``constexprs``; a constexpr missing
+from ``signature`` is added). ``arch`` is the compute capability as an int (80, 90).
+
+The result holds ``n_regs`` (registers per thread), ``n_spills`` (spilled bytes: ptxas' stack
+frame plus local memory), ``shared`` (dynamic + static shared memory in bytes) and
+``shared_limit`` (the opt-in maximum per block on that arch), plus the raw ``cuobjdump`` figures.
+Registers and spills come from the compiled kernel's metadata when Triton put them there
+(it does only after loading the binary on a GPU) and are always cross-checked against
+``cuobjdump --dump-resource-usage`` (shipped with Triton next to ``ptxas``) on the cubin.
+
+Under ``TRITON_INTERPRET=1`` (how the suite runs without a GPU) every ``@triton.jit`` function,
+Triton's own library included, is an interpreter wrapper the compiler cannot use; the helper
+then compiles in one child process, started with the interpreter off, that imports the
+kernel's module by name (so kernels must live at module level in an importable module).
+It calls ``pytest.skip`` when the installed Triton lacks the API it relies on or ``cuobjdump``
+is missing; a kernel that fails to compile fails the test.
+"""
+import atexit
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import traceback
+import types
+
+import pytest
+
+# Opt-in maximum shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin), in bytes.
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+
+
+class _Skip(Exception):
+    """The installed triton cannot do what this helper needs (reported as a pytest skip)."""
+
+
+def _triton_api():
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        from triton.runtime.jit import JITFunction
+    except ImportError as e:
+        raise _Skip(f"AOT compile needs triton.compiler.ASTSource and GPUTarget: {e}")
+    return triton, GPUTarget, ASTSource, JITFunction
+
+
+def _cuobjdump_path():
+    import triton
+
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(path):
+        raise _Skip(f"cuobjdump not found at {path}")
+    return path
+
+
+def _parse_resource_usage(text, name):
+    """{'REG': int, 'STACK': int, 'SHARED': int, 'LOCAL': int} for function ``name``."""
+    match = re.search(rf"Function {re.escape(name)}:\s*\n\s*(.*)", text)
+    if match is None:
+        raise AssertionError(f"cuobjdump reported no function {name!r}:\n{text}")
+    fields = dict(re.findall(r"(\w+(?:\[\d+\])?):(\d+)", match.group(1)))
+    return {k: int(fields.get(k, 0)) for k in ("REG", "STACK", "SHARED", "LOCAL")}
+
+
+def _compile_here(module: str, qualname: str, signature: dict, constexprs: dict, arch: int,
+                  num_warps: int, num_stages: int) -> dict:
+    """Compile in this process; triton must not be in interpreter mode here."""
+    import importlib
+
+    triton, GPUTarget, ASTSource, JITFunction = _triton_api()
+    kernel = importlib.import_module(module)
+    for part in qualname.split("."):
+        kernel = getattr(kernel, part)
+    while not isinstance(kernel, JITFunction) and hasattr(kernel, "fn"):
+        kernel = kernel.fn  # @triton.autotune / @triton.heuristics wrappers
+    if not isinstance(kernel, JITFunction):
+        raise TypeError(f"{module}.{qualname} is not a @triton.jit kernel: {kernel!r}")
+    signature = dict(signature)
+    for name in constexprs:
+        signature[name] = "constexpr"
+    missing = [a for a in kernel.arg_names if a not in signature]
+    if missing:
+        raise ValueError(f"signature of {qualname} lacks the kernel arguments {missing}")
+    try:
+        src = ASTSource(fn=kernel, signature={a: signature[a] for a in kernel.arg_names},
+                        constexprs=dict(constexprs))
+    except TypeError as e:
+        raise _Skip(f"triton.compiler.ASTSource has another signature on this triton: {e}")
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        out = subprocess.run([_cuobjdump_path(), "--dump-resource-usage", f.name],
+                             check=True, capture_output=True, text=True).stdout
+    meta = compiled.metadata
+    usage = _parse_resource_usage(out, meta.name)
+
+    # Triton fills n_regs / n_spills only when it loads the binary on a GPU.
+    n_regs = getattr(compiled, "n_regs", None)
+    n_spills = getattr(compiled, "n_spills", None)
+    if n_regs is not None and n_regs != usage["REG"]:
+        raise AssertionError(f"metadata says {n_regs} registers, cuobjdump {usage['REG']}")
+    spill_bytes = usage["STACK"] + usage["LOCAL"]
+    return {
+        "name": meta.name,
+        "arch": arch,
+        "num_warps": num_warps,
+        "num_stages": num_stages,
+        "n_regs": usage["REG"],
+        "n_spills": spill_bytes if n_spills is None else max(n_spills, spill_bytes),
+        "shared": (getattr(meta, "shared", 0) or 0) + usage["SHARED"],
+        "shared_limit": SHARED_LIMIT.get(arch, SHARED_LIMIT[80]),
+        "cuobjdump": usage,
+    }
+
+
+def _serve():
+    """Worker loop: one JSON request per stdin line, one JSON reply per stdout line."""
+    # Replies go to the original stdout; anything else printed (triton, ptxas) goes to stderr.
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        try:
+            reply = {"ok": _compile_here(**json.loads(line))}
+        except _Skip as e:
+            reply = {"skip": str(e)}
+        except Exception:
+            reply = {"error": traceback.format_exc()}
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+
+
+_worker = None
+
+
+def _compile_in_worker(request: dict) -> dict:
+    # Under TRITON_INTERPRET=1 every @triton.jit function, triton's own library included, is an
+    # interpreter wrapper that the compiler cannot use, so compile in a child process that
+    # imports the kernel's module with the interpreter off. One child serves the whole session.
+    global _worker
+    if _worker is None or _worker.poll() is not None:
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        _worker = subprocess.Popen([sys.executable, os.path.abspath(__file__)], env=env,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        atexit.register(_stop_worker, _worker)
+    _worker.stdin.write(json.dumps(request) + "\n")
+    _worker.stdin.flush()
+    line = _worker.stdout.readline()
+    if not line:
+        raise RuntimeError("the AOT compile worker died (see its stderr above)")
+    return json.loads(line)
+
+
+def _stop_worker(worker):
+    worker.stdin.close()  # the worker's loop ends at EOF
+    worker.wait(timeout=30)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def compile_for_target(kernel, signature: dict, constexprs: dict, arch: int, num_warps: int,
+                       num_stages: int) -> dict:
+    """Compile ``kernel`` for ``sm_<arch>`` and return its resource usage (see the module doc)."""
+    fn = kernel
+    while hasattr(fn, "fn"):  # JITFunction, interpreter, autotune and heuristics wrappers
+        fn = fn.fn
+    if not isinstance(fn, types.FunctionType):
+        raise TypeError(f"expected a @triton.jit kernel, got {kernel!r}")
+    request = dict(module=fn.__module__, qualname=fn.__qualname__, signature=dict(signature),
+                   constexprs=dict(constexprs), arch=int(arch), num_warps=int(num_warps),
+                   num_stages=int(num_stages))
+    if "<locals>" in fn.__qualname__ or fn.__module__ == "__main__":
+        raise ValueError(f"{fn.__qualname__} must be a module-level kernel of an importable module")
+    if not _interpreting():
+        try:
+            return _compile_here(**request)
+        except _Skip as e:
+            pytest.skip(str(e))
+    reply = _compile_in_worker(request)
+    if "skip" in reply:
+        pytest.skip(reply["skip"])
+    if "error" in reply:
+        raise AssertionError(f"AOT compile of {fn.__qualname__} for sm_{arch} failed:\n{reply['error']}")
+    return reply["ok"]
+
+
+def assert_fits(info: dict, name: str):
+    """Fail, with the numbers, when the kernel spills or needs more shared memory than allowed."""
+    where = f"{name} (sm_{info['arch']}, num_warps={info['num_warps']}, num_stages={info['num_stages']})"
+    assert info["n_spills"] == 0, (
+        f"{where} spills: {info['n_spills']} bytes of stack/local memory at {info['n_regs']} "
+        f"registers/thread (cuobjdump: {info['cuobjdump']})"
+    )
+    assert info["shared"] <= info["shared_limit"], (
+        f"{where} needs {info['shared']} bytes of shared memory, over the "
+        f"{info['shared_limit']}-byte limit per block"
+    )
+
+
+if __name__ == "__main__":
+    _serve()

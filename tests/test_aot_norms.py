@@ -1,0 +1,122 @@
+"""Every LayerNorm and bias+GELU kernel, compiled ahead of time for sm_80 and sm_90 with the
+launch configs the launchers pick at GPT-2 shapes: no register spills, shared memory within
+the per-block limit. Runs on the CPU machine (see tests/aot.py)."""
+import pytest
+from aot import assert_fits, compile_for_target
+
+from fastgpt.kernels import bias_gelu, layer_norm
+
+ARCHS = (80, 90)
+# n_embd of GPT-2 small/medium/large/xl, the 4x MLP width of small, and the widest supported.
+LN_WIDTHS = (768, 1024, 1600, 3072, layer_norm.MAX_N)
+# The MLP hidden widths (4 * n_embd) of GPT-2 small/medium/large/xl, and an odd one.
+GELU_WIDTHS = (3072, 4096, 6400, 768, 1023)
+
+
+def _ptr(dtype):
+    return "*" + dtype
+
+
+def ln_signature(kind, dt):
+    if kind == "fwd":
+        return {"X_ptr": _ptr(dt), "Y_ptr": _ptr(dt), "W_ptr": _ptr(dt), "B_ptr": _ptr(dt),
+                "Mean_ptr": "*fp32", "Rstd_ptr": "*fp32", "stride_x_row": "i32",
+                "stride_y_row": "i32", "M": "i32", "N": "i32", "eps": "fp32"}
+    return {"DY_ptr": _ptr(dt), "X_ptr": _ptr(dt), "W_ptr": _ptr(dt), "Mean_ptr": "*fp32",
+            "Rstd_ptr": "*fp32", "DX_ptr": _ptr(dt), "DW_part_ptr": "*fp32",
+            "DB_part_ptr": "*fp32", "stride_dy_row": "i32", "stride_x_row": "i32",
+            "stride_dx_row": "i32", "M": "i32", "N": "i32", "ROWS_PER_PROG": "i32"}
+
+
+def ln_jobs():
+    """(id, kernel, signature, constexprs, num_warps) for every distinct LayerNorm launch."""
+    jobs = {}
+    for N in LN_WIDTHS:
+        cfg = layer_norm.launch_config(N)
+        # bf16 is how GPT-2 trains; fp32 stresses registers most (no packed loads).
+        for dt in ("bf16", "fp32") if N == layer_norm.MAX_N else ("bf16",):
+            fwd = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "HAS_W": True, "HAS_B": True}
+            jobs[("fwd", dt, tuple(fwd.items()), cfg["num_warps"])] = (
+                f"ln_fwd-{dt}-BN{cfg['BLOCK_N']}-BM{cfg['BLOCK_M']}-w{cfg['num_warps']}",
+                layer_norm._layer_norm_fwd_kernel, ln_signature("fwd", dt), fwd, cfg["num_warps"])
+            dx = {"BLOCK_N": cfg["BLOCK_N"], "HAS_W": True, "HAS_DW": True, "HAS_DB": True}
+            jobs[("dx", dt, tuple(dx.items()), cfg["num_warps"])] = (
+                f"ln_bwd_dx-{dt}-BN{cfg['BLOCK_N']}-w{cfg['num_warps']}",
+                layer_norm._layer_norm_bwd_dx_kernel, ln_signature("dx", dt), dx, cfg["num_warps"])
+    # The variants without weight/bias (nanoGPT's bias=False and the LN without affine) must
+    # compile too: one width is enough, they only drop work.
+    cfg = layer_norm.launch_config(768)
+    jobs["fwd-noaffine"] = (
+        "ln_fwd-bf16-noaffine", layer_norm._layer_norm_fwd_kernel, ln_signature("fwd", "bf16"),
+        {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "HAS_W": False, "HAS_B": False},
+        cfg["num_warps"])
+    jobs["dx-noaffine"] = (
+        "ln_bwd_dx-bf16-noaffine", layer_norm._layer_norm_bwd_dx_kernel, ln_signature("dx", "bf16"),
+        {"BLOCK_N": cfg["BLOCK_N"], "HAS_W": False, "HAS_DW": False, "HAS_DB": False},
+        cfg["num_warps"])
+    jobs["dx-weight-only"] = (
+        "ln_bwd_dx-bf16-weight-only", layer_norm._layer_norm_bwd_dx_kernel, ln_signature("dx", "bf16"),
+        {"BLOCK_N": cfg["BLOCK_N"], "HAS_W": True, "HAS_DW": True, "HAS_DB": False},
+        cfg["num_warps"])
+    jobs["dwdb"] = (
+        "ln_bwd_dwdb",
+        layer_norm._layer_norm_bwd_dwdb_kernel,
+        {"DW_part_ptr": "*fp32", "DB_part_ptr": "*fp32", "DW_ptr": "*bf16", "DB_ptr": "*bf16",
+         "G": "i32", "N": "i32"},
+        {"BLOCK_G": layer_norm._DWDB_BLOCK_G, "BLOCK_N": layer_norm._DWDB_BLOCK_N,
+         "HAS_DW": True, "HAS_DB": True},
+        layer_norm._DWDB_NUM_WARPS)
+    return list(jobs.values())
+
+
+def gelu_signature(kind):
+    if kind == "fwd":
+        return {"X_ptr": "*bf16", "B_ptr": "*bf16", "Y_ptr": "*bf16", "stride_x_row": "i32",
+                "stride_y_row": "i32", "M": "i32", "N": "i32"}
+    return {"DY_ptr": "*bf16", "X_ptr": "*bf16", "B_ptr": "*bf16", "DX_ptr": "*bf16",
+            "DB_part_ptr": "*fp32", "stride_dy_row": "i32", "stride_x_row": "i32",
+            "stride_dx_row": "i32", "M": "i32", "N": "i32", "ROWS_PER_PROG": "i32"}
+
+
+def gelu_jobs():
+    """(id, kernel, signature, constexprs, num_warps) for every distinct bias+GELU launch."""
+    jobs = {}
+    for N in GELU_WIDTHS:
+        cfg = bias_gelu.launch_config(N)
+        for tanh in (False, True):
+            approx = "tanh" if tanh else "erf"
+            fwd = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "HAS_BIAS": True, "APPROX_TANH": tanh}
+            jobs[("fwd", tuple(fwd.items()))] = (
+                f"gelu_fwd-{approx}-BN{cfg['BLOCK_N']}-BM{cfg['BLOCK_M']}",
+                bias_gelu._bias_gelu_fwd_kernel, gelu_signature("fwd"), fwd, cfg["num_warps"])
+            bwd = {"BLOCK_M": cfg["BWD_BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "HAS_BIAS": True, "APPROX_TANH": tanh}
+            jobs[("bwd", tuple(bwd.items()))] = (
+                f"gelu_bwd-{approx}-BN{cfg['BLOCK_N']}-BM{cfg['BWD_BLOCK_M']}",
+                bias_gelu._bias_gelu_bwd_kernel, gelu_signature("bwd"), bwd, cfg["num_warps"])
+    cfg = bias_gelu.launch_config(3072)
+    jobs["bwd-nobias"] = (
+        "gelu_bwd-erf-nobias", bias_gelu._bias_gelu_bwd_kernel, gelu_signature("bwd"),
+        {"BLOCK_M": cfg["BWD_BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "HAS_BIAS": False, "APPROX_TANH": False},
+        cfg["num_warps"])
+    jobs["fwd-nobias"] = (
+        "gelu_fwd-erf-nobias", bias_gelu._bias_gelu_fwd_kernel, gelu_signature("fwd"),
+        {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "HAS_BIAS": False, "APPROX_TANH": False},
+        cfg["num_warps"])
+    jobs["dbias"] = (
+        "gelu_bwd_dbias",
+        bias_gelu._bias_gelu_bwd_dbias_kernel,
+        {"DB_part_ptr": "*fp32", "DB_ptr": "*bf16", "G": "i32", "N": "i32"},
+        {"BLOCK_G": bias_gelu._DBIAS_BLOCK_G, "BLOCK_N": bias_gelu._DBIAS_BLOCK_N},
+        bias_gelu._DBIAS_NUM_WARPS)
+    return list(jobs.values())
+
+
+JOBS = ln_jobs() + gelu_jobs()
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: f"sm{a}")
+@pytest.mark.parametrize("name,kernel,signature,constexprs,num_warps", JOBS, ids=[j[0] for j in JOBS])
+def test_kernel_fits_target(name, kernel, signature, constexprs, num_warps, arch):
+    info = compile_for_target(kernel, signature, constexprs, arch=arch, num_warps=num_warps, num_stages=1)
+    assert info["n_regs"] > 0, f"{name}: cuobjdump reported no registers: {info}"
+    assert_fits(info, name)
