@@ -45,11 +45,14 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
 
-    def forward(self, x, kv_cache=None):
+    def forward(self, x, kv_cache=None, layer=0):
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
         # q, k, v straight into heads: (B, nh, T, hs) each, no copy on the way to attention
         q, k, v = ops.qkv_projection(x, self.c_attn.weight, self.c_attn.bias, self.n_head)
-        # causal self-attention; (B, nh, T, hs) x (B, nh, hs, T) -> (B, nh, T, T) never materialised
+        if kv_cache is not None:  # generation: attend to every cached position too
+            k, v = kv_cache.append(layer, k, v)  # (B, nh, cached + T, hs)
+        # causal self-attention; (B, nh, T, hs) x (B, nh, hs, T) -> (B, nh, T, T) never materialised.
+        # With a cache, T queries meet more keys and the mask is aligned bottom-right.
         y = ops.attention(q, k, v, causal=True, dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         # output projection
@@ -78,10 +81,36 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, kv_cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), kv_cache, layer)
         x = x + self.mlp(self.ln_2(x))
         return x
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, per layer, for generation.
+
+    Each layer's buffers are (B, nh, block_size, hs), allocated on first use in the dtype the
+    keys arrive in; ``append`` returns views of the filled part, which the attention kernel reads
+    through their strides.
+    """
+
+    def __init__(self, n_layer, block_size):
+        self.block_size = block_size
+        self.length = 0  # positions cached so far
+        self.k = [None] * n_layer
+        self.v = [None] * n_layer
+
+    def append(self, layer, k, v):
+        B, nh, T, hs = k.shape
+        end = self.length + T
+        assert end <= self.block_size, f"KV cache holds {self.block_size} positions, asked for {end}"
+        if self.k[layer] is None:
+            self.k[layer] = k.new_empty(B, nh, self.block_size, hs)
+            self.v[layer] = v.new_empty(B, nh, self.block_size, hs)
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 @dataclass
@@ -179,20 +208,23 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, kv_cache=None):
         with self._backend():
             device = idx.device
             b, t = idx.size()
-            assert t <= self.config.block_size, f"Cannot forward sequence of length {t}, block size is only {self.config.block_size}"
-            pos = torch.arange(0, t, dtype=torch.long, device=device)  # shape (t)
+            start = 0 if kv_cache is None else kv_cache.length  # positions already in the cache
+            assert start + t <= self.config.block_size, f"Cannot forward sequence of length {start + t}, block size is only {self.config.block_size}"
+            pos = torch.arange(start, start + t, dtype=torch.long, device=device)  # shape (t)
 
             # forward the GPT model itself
             tok_emb = self.transformer.wte(idx)  # token embeddings of shape (b, t, n_embd)
             pos_emb = self.transformer.wpe(pos)  # position embeddings of shape (t, n_embd)
             x = self.transformer.drop(tok_emb + pos_emb)
-            for block in self.transformer.h:
-                x = block(x)
+            for layer, block in enumerate(self.transformer.h):
+                x = block(x, kv_cache, layer)
             x = self.transformer.ln_f(x)
+            if kv_cache is not None:
+                kv_cache.length += t
 
             if targets is not None:
                 # if we are given some desired targets also calculate the loss
@@ -255,17 +287,26 @@ class GPT(nn.Module):
         return flops_achieved / peak_flops
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
         """
         Take a conditioning sequence of indices idx (LongTensor of shape (b,t)) and complete
         the sequence max_new_tokens times, feeding the predictions back into the model each time.
         Most likely you'll want to make sure to be in model.eval() mode of operation for this.
+
+        With use_cache (the default) the prompt is run once (prefill) and each new token then
+        attends to cached keys and values: the same tokens as without the cache for the same
+        seed. Once the sequence outgrows block_size every position shifts, so from there on
+        each step re-runs the cropped context, as nanoGPT does.
         """
+        cache = KVCache(self.config.n_layer, self.config.block_size) if use_cache else None
         for _ in range(max_new_tokens):
             # if the sequence context is growing too long we must crop it at block_size
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
             # forward the model to get the logits for the index in the sequence
-            logits, _ = self(idx_cond)
+            if cache is not None and idx.size(1) <= self.config.block_size:
+                logits, _ = self(idx_cond[:, cache.length :], kv_cache=cache)  # prefill, then one token
+            else:
+                logits, _ = self(idx_cond)
             # pluck the logits at the final step and scale by desired temperature
             logits = logits[:, -1, :] / temperature
             # optionally crop the logits to only the top k options

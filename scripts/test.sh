@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
-# The test suite: set up (or reuse) the environment, then run every test (GPU ones skip here).
+# The test suite: set up (or reuse) the environment, then run every test (GPU ones skip here),
+# then every benchmark once with timing disabled, so the benchmarks never rot.
 source "$(dirname "$0")/env.sh"
-exec "$PY" -m pytest -q tests "$@"
+"$PY" -m pytest -q tests "$@"
+exec "$PY" -m pytest -q benchmarks --benchmark-disable

@@ -152,3 +152,30 @@ def test_nanogpt_defaults():
 def test_bad_config(kw, match):
     with pytest.raises(ValueError, match=match):
         GPTConfig(**{**SMALL, **kw})
+
+
+@pytest.mark.parametrize("new_tokens", [5, 40])  # 40 runs past block_size (32)
+def test_generate_with_kv_cache_equals_without(new_tokens):
+    _, model = _pair(seed=2)
+    model = model.double().eval()
+    idx = torch.randint(0, SMALL["vocab_size"], (2, 7))
+    torch.manual_seed(11)
+    cached = model.generate(idx, new_tokens, temperature=1.0, top_k=20)
+    torch.manual_seed(11)
+    plain = model.generate(idx, new_tokens, temperature=1.0, top_k=20, use_cache=False)
+    assert torch.equal(cached, plain)
+
+
+def test_kv_cache_logits_match_full_forward():
+    from fastgpt.model import KVCache
+
+    _, model = _pair(seed=4)
+    model.eval()
+    idx = torch.randint(0, SMALL["vocab_size"], (2, 12))
+    cache = KVCache(SMALL["n_layer"], SMALL["block_size"])
+    model(idx[:, :9], kv_cache=cache)
+    for t in range(9, 12):
+        step = model(idx[:, t : t + 1], kv_cache=cache)[0]
+        full = model(idx[:, : t + 1])[0]
+        torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
+    assert cache.length == 12

@@ -1,0 +1,99 @@
+"""Shared benchmark machinery: device and peak figures, a timed runner, and a summary table.
+
+`pytest benchmarks/ --benchmark-only` measures; `--benchmark-disable` (CI's smoke run) runs every
+case once. FASTGPT_BENCH_SHORT=1 (the GPU check script) trims the shape lists. Without a GPU
+the Triton providers run under the interpreter at tiny shapes: that keeps the code paths
+exercised, and the summary labels those rows as not being performance numbers.
+"""
+import os
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+SHORT = os.environ.get("FASTGPT_BENCH_SHORT") == "1"
+
+# name substring -> (HBM bytes/s, dense bf16 tensor-core FLOP/s), from the vendors' datasheets.
+PEAKS = [
+    ("H200", 4.8e12, 989e12),
+    ("H100 PCIe", 2.0e12, 756e12),
+    ("H100", 3.35e12, 989e12),
+    ("A100", 2.0e12, 312e12),
+    ("L40S", 0.864e12, 362e12),
+]
+_ROWS = []
+_BASE = {}
+
+
+def device_name():
+    return torch.cuda.get_device_name() if HAS_CUDA else "cpu"
+
+
+def peaks():
+    """(bytes/s, flop/s) of this GPU, or (None, None) when unknown or on the CPU."""
+    name = device_name()
+    for key, bw, flops in PEAKS:
+        if key in name:
+            return bw, flops
+    return None, None
+
+
+def sync():
+    if HAS_CUDA:
+        torch.cuda.synchronize()
+
+
+def run(benchmark, fn, *, group, provider, baseline="torch", bytes_moved=None, flops=None, tokens=None, **extra):
+    """Time ``fn`` (synchronised on CUDA) and record throughput figures in extra_info.
+
+    group: the case (op, pass, shape, dtype); provider: who ran it. The speedup is over the
+    ``baseline`` provider's time in the same group, when that ran first.
+    """
+    label = f"{group} [{provider}]"
+
+    def timed():
+        out = fn()
+        sync()
+        return out
+
+    rounds = 5 if SHORT else 20
+    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=2 if HAS_CUDA else 0)
+    bw, peak_flops = peaks()
+    info = {"device": device_name(), **extra}
+    if benchmark.disabled:
+        return info
+    t = benchmark.stats.stats.median
+    if bytes_moved is not None:
+        info["GB/s"] = round(bytes_moved / t / 1e9, 1)
+        if bw:
+            info["frac_peak_bw"] = round(bytes_moved / t / bw, 3)
+    if flops is not None:
+        info["TFLOP/s"] = round(flops / t / 1e12, 1)
+        if peak_flops:
+            info["frac_peak_flops"] = round(flops / t / peak_flops, 3)
+    if tokens is not None:
+        info["tokens/s"] = round(tokens / t)
+    if not HAS_CUDA and "triton" in provider:
+        info["note"] = "Triton interpreter on CPU: not a performance number"
+    base = _BASE.get((group, baseline))
+    if base is not None and provider != baseline:
+        info["speedup"] = round(base / t, 2)
+    _BASE[(group, provider)] = t
+    benchmark.extra_info.update(info)
+    _ROWS.append((label, t, info))
+    return info
+
+
+def print_summary(terminalreporter):
+    if not _ROWS:
+        return
+    tr = terminalreporter
+    tr.section(f"fastgpt benchmark summary ({device_name()}, torch {torch.__version__})")
+    keys = ["GB/s", "frac_peak_bw", "TFLOP/s", "frac_peak_flops", "tokens/s", "speedup", "peak_mem_MiB", "note"]
+    tr.write_line(f"{'case':58s} {'median ms':>10s} " + " ".join(f"{k:>15s}" for k in keys))
+    for label, t, info in _ROWS:
+        cells = " ".join(f"{str(info.get(k, '')):>15s}" for k in keys)
+        tr.write_line(f"{label:58s} {t * 1e3:10.3f} {cells}")
+
