@@ -91,7 +91,7 @@ def print_summary(terminalreporter):
         return
     tr = terminalreporter
     tr.section(f"fastgpt benchmark summary ({device_name()}, torch {torch.__version__})")
-    keys = ["GB/s", "frac_peak_bw", "TFLOP/s", "frac_peak_flops", "tokens/s", "speedup", "peak_mem_MiB", "note"]
+    keys = ["GB/s", "frac_peak_bw", "TFLOP/s", "frac_peak_flops", "tokens/s", "speedup", "mfu", "peak_mem_MiB", "note"]
     tr.write_line(f"{'case':58s} {'median ms':>10s} " + " ".join(f"{k:>15s}" for k in keys))
     for label, t, info in _ROWS:
         cells = " ".join(f"{str(info.get(k, '')):>15s}" for k in keys)
