@@ -26,6 +26,17 @@ timeout 300 "$PY" -m pytest -q -rs tests --junitxml="$OUT/tests.xml" > "$OUT/tes
 tests_rc=$?
 tail -15 "$OUT/tests.log"
 
+stage "compute-sanitizer memcheck of the CUDA extension"
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+if [ -n "$SAN" ]; then
+  timeout 180 "$SAN" --tool memcheck --error-exitcode 1 "$PY" -m pytest -q -x tests/test_qkv_projection_ext.py -k cuda_kernel > "$OUT/memcheck.log" 2>&1
+  memcheck_rc=$?
+  tail -5 "$OUT/memcheck.log"
+else
+  memcheck_rc=-1
+  echo "compute-sanitizer not found" > "$OUT/memcheck.log"
+fi
+
 stage "benchmarks (short)"
 if [ -d benchmarks ] && ls benchmarks/bench_*.py > /dev/null 2>&1; then
   timeout 240 "$PY" -m pytest -q benchmarks --benchmark-only --benchmark-json="$OUT/bench.json" > "$OUT/bench.log" 2>&1
@@ -37,7 +48,7 @@ else
 fi
 
 stage "summary"
-BUILD_RC=$build_rc TESTS_RC=$tests_rc BENCH_RC=$bench_rc ELAPSED=$(($(date +%s) - t0)) "$PY" - "$OUT" <<'PYEOF'
+BUILD_RC=$build_rc TESTS_RC=$tests_rc MEMCHECK_RC=$memcheck_rc BENCH_RC=$bench_rc ELAPSED=$(($(date +%s) - t0)) "$PY" - "$OUT" <<'PYEOF'
 import datetime, json, os, subprocess, sys
 import xml.etree.ElementTree as ET
 out = sys.argv[1]
@@ -50,7 +61,7 @@ except Exception as e:
     summary["gpu"] = f"unknown ({e})"
 import torch, triton
 summary.update(torch=torch.__version__, cuda=torch.version.cuda, triton=triton.__version__)
-for key in ("BUILD_RC", "TESTS_RC", "BENCH_RC", "ELAPSED"):
+for key in ("BUILD_RC", "TESTS_RC", "MEMCHECK_RC", "BENCH_RC", "ELAPSED"):
     summary[key.lower()] = int(os.environ[key])
 try:
     suite = ET.parse(os.path.join(out, "tests.xml")).getroot()

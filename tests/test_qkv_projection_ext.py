@@ -107,6 +107,12 @@ def test_cuda_part_was_built_with_sm80_and_sm90_device_code():
     archs = set(re.findall(r"sm_(\d+)", listing))
     wanted = {"80", "90"} if not (HAS_CUDA or os.environ.get("TORCH_CUDA_ARCH_LIST")) else set()
     assert archs and wanted <= archs, f"device code for sm_{sorted(wanted)} expected, found {listing!r}"
+    usage = subprocess.run([tool, "--dump-resource-usage", _C.__file__], capture_output=True, text=True, check=True).stdout
+    kernels = re.findall(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
+    assert any("qkv_projection_fwd_tc_kernel" in k[0] for k in kernels), "the tensor-core kernel is missing"
+    for name, regs, stack, shared, local in kernels:
+        assert int(stack) == 0 and int(local) == 0, f"{name} spills: stack {stack} B, local {local} B"
+        assert int(regs) <= 128, f"{name} uses {regs} registers: fewer than 2 blocks of 256 threads per SM"
 
 
 @pytest.mark.gpu

@@ -1,0 +1,43 @@
+"""The fused QKV projection (fastgpt._C, CUDA) against the PyTorch path it replaces: nn.Linear
+then split/view/transpose into heads (views: fastgpt's attention reads strided q, k, v, so no
+copy follows). GPT-2 124M shapes; TFLOP/s counts the GEMM work (backward = 2x forward)."""
+import pytest
+import torch
+
+import fastgpt
+from benchutil import DEVICE, HAS_CUDA, SHORT, run
+from fastgpt import reference
+
+if HAS_CUDA:
+    TOKENS, DTYPE = ([16384] if SHORT else [8192, 16384]), torch.bfloat16
+else:
+    TOKENS, DTYPE = [128], torch.float32  # smoke shapes: the extension's C++ CPU twin
+C, H, T = 768, 12, 1024
+PROVIDERS = ["torch", "fastgpt_C"]  # torch first: it is the speedup baseline
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("pass_", ["fwd", "bwd", "fwd+bwd"])
+@pytest.mark.parametrize("tokens", TOKENS)
+def test_qkv_projection(benchmark, tokens, pass_, provider):
+    t = min(T, tokens)
+    B = tokens // t
+    x = torch.randn(B, t, C, device=DEVICE, dtype=DTYPE, requires_grad=True)
+    w = (torch.randn(3 * C, C, device=DEVICE, dtype=DTYPE) / C**0.5).requires_grad_()
+    b = torch.zeros(3 * C, device=DEVICE, dtype=DTYPE, requires_grad=True)
+    grads = [torch.randn(B, H, t, C // H, device=DEVICE, dtype=DTYPE) for _ in range(3)]
+    if provider == "torch":
+        fwd = lambda: reference.qkv_projection(x, w, b, H)  # noqa: E731
+    else:
+        fwd = lambda: fastgpt.ops.qkv_projection(x, w, b, H)  # noqa: E731
+    gemm = 2 * tokens * 3 * C * C
+    with fastgpt.use_backend(qkv_projection="cuda"):
+        if pass_ == "fwd":
+            fn, flops = fwd, gemm
+        elif pass_ == "bwd":
+            outs = fwd()
+            fn, flops = (lambda: torch.autograd.grad(outs, (x, w, b), grads, retain_graph=True)), 2 * gemm
+        else:
+            fn, flops = (lambda: torch.autograd.grad(fwd(), (x, w, b), grads)), 3 * gemm
+        run(benchmark, fn, group=f"qkv_projection {pass_} tokens={tokens} C={C} {str(DTYPE)[6:]}", provider=provider,
+            flops=flops, tokens=tokens)
