@@ -17,6 +17,14 @@ def _pair(bias=True, dropout=0.0, seed=0):
     return ref, ours
 
 
+def _assert_same_grads(ref, loss_ref, ours, loss_ours):
+    loss_ref.backward()
+    loss_ours.backward()
+    grads = dict(ours.named_parameters())
+    for name, p in ref.named_parameters():
+        torch.testing.assert_close(grads[name].grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_state_dict_keys_equal_nanogpt(bias):
     ref, ours = _pair(bias)
@@ -43,11 +51,7 @@ def test_outputs_and_grads_match_nanogpt(bias, T):
     (l_ref, loss_ref), (l_ours, loss_ours) = ref(idx, tgt), ours(idx, tgt)
     torch.testing.assert_close(l_ours, l_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss_ours, loss_ref, rtol=1e-5, atol=1e-6)
-    loss_ref.backward()
-    loss_ours.backward()
-    grads = dict(ours.named_parameters())
-    for name, p in ref.named_parameters():
-        torch.testing.assert_close(grads[name].grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    _assert_same_grads(ref, loss_ref, ours, loss_ours)
     # inference: only the last position's logits, no loss
     (l_ref, none_ref), (l_ours, none_ours) = ref(idx), ours(idx)
     assert none_ref is None and none_ours is None and l_ours.shape == (3, 1, SMALL["vocab_size"])
@@ -71,11 +75,7 @@ def test_extension_backend_matches_reference():
     with fastgpt.use_backend(qkv_projection="cuda"):
         loss = ours(idx, idx)[1]
     torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
-    loss_ref.backward()
-    loss.backward()
-    grads = dict(ours.named_parameters())
-    for name, p in ref.named_parameters():
-        torch.testing.assert_close(grads[name].grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    _assert_same_grads(ref, loss_ref, ours, loss)
 
 
 def test_load_compiled_and_old_nanogpt_checkpoints():
