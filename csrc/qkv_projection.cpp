@@ -33,7 +33,35 @@ void check_qkv_projection_args(const at::Tensor& x, const at::Tensor& weight,
   }
 }
 
+void check_qkv_projection_grad(const at::Tensor& grad, const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 3, "qkv_projection_backward: x must be (B, T, C), got ", x.sizes());
+  const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
+  TORCH_CHECK(grad.dim() == 5 && grad.size(0) == 3 && grad.size(1) == B && grad.size(3) == T &&
+                  grad.size(2) * grad.size(4) == C,
+              "qkv_projection_backward: grad must be (3, B, H, T, D) = (3, ", B, ", H, ", T, ", D) with H*D = ", C,
+              ", got ", grad.sizes());
+  TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "qkv_projection_backward: grad dtype ", grad.scalar_type(),
+              " must equal x dtype ", x.scalar_type());
+}
+
 #ifdef FASTGPT_WITH_CUDA
+std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_projection_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
+                                                                            const at::Tensor& weight, bool has_bias) {
+  check_qkv_projection_grad(grad, x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t C = x.size(2);
+  auto g = grad.contiguous();
+  auto xs = x.stride(2) == 1 ? x : x.contiguous();
+  auto w = weight.contiguous();
+  auto dx = at::empty(x.sizes(), x.options());
+  auto dweight = at::empty_like(w);
+  if (x.numel() == 0 || !qkv_projection_backward_cuda_launch(g, xs, w, dx, dweight))
+    return qkv_projection_backward_aten(grad, x, weight, has_bias);
+  // (3, B, H, T, D) summed over B and T is (3, H, D): the bias layout, no gather needed.
+  auto dbias = has_bias ? g.sum({1, 3}).reshape({3 * C}) : at::empty({0}, weight.options());
+  return {dx, dweight, dbias};
+}
+
 at::Tensor qkv_projection_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                int64_t n_head) {
   check_qkv_projection_args(x, weight, bias, n_head);
@@ -65,6 +93,6 @@ TORCH_LIBRARY_IMPL(fastgpt, CPU, m) {
 #ifdef FASTGPT_WITH_CUDA
 TORCH_LIBRARY_IMPL(fastgpt, CUDA, m) {
   m.impl("qkv_projection", &fastgpt::qkv_projection_cuda);
-  m.impl("qkv_projection_backward", &fastgpt::qkv_projection_backward_aten);
+  m.impl("qkv_projection_backward", &fastgpt::qkv_projection_backward_cuda);
 }
 #endif

@@ -12,6 +12,7 @@ namespace fastgpt {
 // Argument checks shared by every device; they name the argument and what was expected.
 void check_qkv_projection_args(const at::Tensor& x, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias, int64_t n_head);
+void check_qkv_projection_grad(const at::Tensor& grad, const at::Tensor& x);
 
 at::Tensor qkv_projection_cpu(const at::Tensor& x, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias, int64_t n_head);
@@ -26,6 +27,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_projection_backward_aten(
 // guard and made x's last dimension contiguous.
 void qkv_projection_cuda_launch(const at::Tensor& x, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, at::Tensor& out);
+// Tensor-core dx and dweight for fp16/bf16 (grad contiguous); false for other dtypes.
+bool qkv_projection_backward_cuda_launch(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                         at::Tensor& dx, at::Tensor& dweight);
 #endif
 
 }  // namespace fastgpt

@@ -16,10 +16,8 @@ at::Tensor qkv_projection_cpu(const at::Tensor& x, const at::Tensor& weight,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_projection_backward_aten(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, bool has_bias) {
+  check_qkv_projection_grad(grad, x);
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
-  TORCH_CHECK(grad.dim() == 5 && grad.size(0) == 3 && grad.size(1) == B && grad.size(3) == T,
-              "qkv_projection_backward: grad must be (3, B, H, T, D) = (3, ", B, ", H, ", T,
-              ", D), got ", grad.sizes());
   // (3, B, H, T, D) -> (B, T, 3, H, D) -> (B*T, 3C): the matrix nn.Linear's backward sees.
   auto g2d = grad.permute({1, 3, 0, 2, 4}).reshape({B * T, 3 * C});
   auto x2d = x.reshape({B * T, C});

@@ -109,7 +109,7 @@ def test_cuda_part_was_built_with_sm80_and_sm90_device_code():
     assert archs and wanted <= archs, f"device code for sm_{sorted(wanted)} expected, found {listing!r}"
     usage = subprocess.run([tool, "--dump-resource-usage", _C.__file__], capture_output=True, text=True, check=True).stdout
     kernels = re.findall(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
-    assert any("qkv_projection_fwd_tc_kernel" in k[0] for k in kernels), "the tensor-core kernel is missing"
+    assert any("qkv_projection_tc_kernel" in k[0] for k in kernels), "the tensor-core kernel is missing"
     for name, regs, stack, shared, local in kernels:
         assert int(stack) == 0 and int(local) == 0, f"{name} spills: stack {stack} B, local {local} B"
         assert int(regs) <= 128, f"{name} uses {regs} registers: fewer than 2 blocks of 256 threads per SM"
@@ -119,10 +119,17 @@ def test_cuda_part_was_built_with_sm80_and_sm90_device_code():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("B,T,C,H", SHAPES + [(8, 1024, 768, 12)])
 def test_cuda_kernel_bf16_and_gpt2_shapes(B, T, C, H, dtype):
+    """Forward (tensor cores for fp16/bf16) and the gathering backward GEMMs on the GPU."""
     (x, w, b), _ = _inputs(B, T, C, dtype, True, T != 97, "cuda")
+    grads_out = [torch.randn(B, H, T, C // H, device="cuda", dtype=dtype) for _ in range(3)]
     with use_backend(qkv_projection="cuda"):
         outs = qkv_projection(x, w, b, H)
-    o_outs = reference.qkv_projection(x.detach().float(), w.detach().float(), b.detach().float(), H)
-    p_outs = reference.qkv_projection(x.detach(), w.detach(), b.detach(), H)
-    for name, o, p, r in zip("qkv", outs, p_outs, o_outs):
+    grads = torch.autograd.grad(outs, (x, w, b), grads_out)
+    leaves = [t.detach().float().requires_grad_() for t in (x, w, b)]
+    o_outs = reference.qkv_projection(*leaves, H)
+    o_grads = torch.autograd.grad(o_outs, leaves, [g.float() for g in grads_out])
+    plain = [t.detach().requires_grad_() for t in (x, w, b)]
+    p_outs = reference.qkv_projection(*plain, H)
+    p_grads = torch.autograd.grad(p_outs, plain, grads_out)
+    for name, o, p, r in zip(["q", "k", "v", "dx", "dweight", "dbias"], [*outs, *grads], [*p_outs, *p_grads], [*o_outs, *o_grads]):
         assert_2x_rule(name, o, p, r, dtype)
