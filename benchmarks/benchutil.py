@@ -61,7 +61,7 @@ def run(benchmark, fn, *, group, provider, baseline="torch", bytes_moved=None, f
     rounds = 5 if SHORT else 20
     benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=2 if HAS_CUDA else 0)
     bw, peak_flops = peaks()
-    info = {"device": device_name(), **extra}
+    info = {"device": device_name(), "group": group, "provider": provider, **extra}
     if benchmark.disabled:
         return info
     t = benchmark.stats.stats.median
