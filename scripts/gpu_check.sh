@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check: one call on a lent GPU machine (torch/triton preinstalled, no network).
 # Builds fastgpt._C for the local arch, runs the whole test suite on CUDA and the benchmarks in
-# short mode, and leaves logs plus summary.json under $OUT. Budget: under 8 minutes.
+# short mode, and leaves under $OUT (the device tool brings back at most 8 files): build.log,
+# tests.log, memcheck.log, bench.log, bench.json, bench.md, bench.png and summary.json.
+# Budget: under 8 minutes.
 #   OUT=/some/dir bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -9,12 +11,13 @@ OUT="${OUT:-$PWD/gpu_check_out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 FASTGPT_BENCH_SHORT=1
 PY="${PYTHON:-python3}"
+TMP=$(mktemp -d)
 t0=$(date +%s)
 stage() { echo "== $1 ($(($(date +%s) - t0)) s)"; }
 
 stage "environment"
-{ nvidia-smi; "$PY" -c "import sys, torch, triton; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"; } > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt" | tail -3
+{ nvidia-smi; "$PY" -c "import sys, torch, triton; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"; } > "$TMP/env.txt" 2>&1
+tail -3 "$TMP/env.txt"
 
 stage "build (local arch)"
 timeout 300 "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
@@ -22,7 +25,7 @@ build_rc=$?
 tail -3 "$OUT/build.log"
 
 stage "tests on CUDA"
-timeout 300 "$PY" -m pytest -q -rs tests --junitxml="$OUT/tests.xml" > "$OUT/tests.log" 2>&1
+timeout 300 "$PY" -m pytest -q -rs tests --junitxml="$TMP/tests.xml" > "$OUT/tests.log" 2>&1
 tests_rc=$?
 tail -15 "$OUT/tests.log"
 
@@ -42,16 +45,17 @@ if [ -d benchmarks ] && ls benchmarks/bench_*.py > /dev/null 2>&1; then
   timeout 240 "$PY" -m pytest -q benchmarks --benchmark-only --benchmark-json="$OUT/bench.json" > "$OUT/bench.log" 2>&1
   bench_rc=$?
   tail -40 "$OUT/bench.log"
+  "$PY" benchmarks/render.py "$OUT/bench.json" --md "$OUT/bench.md" --png "$OUT/bench.png"
 else
   bench_rc=-1
   echo "no benchmarks yet" > "$OUT/bench.log"
 fi
 
 stage "summary"
-BUILD_RC=$build_rc TESTS_RC=$tests_rc MEMCHECK_RC=$memcheck_rc BENCH_RC=$bench_rc ELAPSED=$(($(date +%s) - t0)) "$PY" - "$OUT" <<'PYEOF'
+BUILD_RC=$build_rc TESTS_RC=$tests_rc MEMCHECK_RC=$memcheck_rc BENCH_RC=$bench_rc ELAPSED=$(($(date +%s) - t0)) "$PY" - "$OUT" "$TMP" <<'PYEOF'
 import datetime, json, os, subprocess, sys
 import xml.etree.ElementTree as ET
-out = sys.argv[1]
+out, tmp = sys.argv[1], sys.argv[2]
 summary = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 try:
     q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
@@ -59,12 +63,13 @@ try:
     summary["gpu"], summary["driver"], summary["gpu_memory"] = [s.strip() for s in q.splitlines()[0].split(",")]
 except Exception as e:
     summary["gpu"] = f"unknown ({e})"
+summary["environment"] = open(os.path.join(tmp, "env.txt")).read()
 import torch, triton
 summary.update(torch=torch.__version__, cuda=torch.version.cuda, triton=triton.__version__)
 for key in ("BUILD_RC", "TESTS_RC", "MEMCHECK_RC", "BENCH_RC", "ELAPSED"):
     summary[key.lower()] = int(os.environ[key])
 try:
-    suite = ET.parse(os.path.join(out, "tests.xml")).getroot()
+    suite = ET.parse(os.path.join(tmp, "tests.xml")).getroot()
     suite = suite if suite.tag == "testsuite" else suite[0]
     summary["tests"] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
     summary["failed_tests"] = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
