@@ -11,12 +11,12 @@ of columns) and writes one fp32 partial row into a (G, N) buffer, and
 ``_bias_gelu_bwd_dbias_kernel`` sums its columns in a fixed order: bit-identical from run to
 run on a given device.
 """
-import contextlib
-import functools
 
 import torch
 import triton
 import triton.language as tl
+
+from fastgpt.kernels._launch import num_sms, on_device
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _APPROXIMATIONS = ("none", "tanh")
@@ -56,18 +56,6 @@ def launch_config(N: int) -> dict:
         "BLOCK_N": block_n,
         "num_warps": _NUM_WARPS,
     }
-
-
-def _on_device(t: torch.Tensor):
-    # Triton launches on the current CUDA device: make that t's (a no-op on the CPU/interpreter).
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
-@functools.lru_cache(maxsize=None)
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # the interpreter runs programs one after another; a few keep it quick
 
 
 # GELU, with z = x + bias:
@@ -273,7 +261,7 @@ def bias_gelu_fwd(x: torch.Tensor, bias, approximate: str = "none") -> torch.Ten
         return y
     cfg = launch_config(N)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]))
-    with _on_device(x):
+    with on_device(x):
         _bias_gelu_fwd_kernel[grid](
             x, bias if bias is not None else x, y,
             x.stride(0), y.stride(0),
@@ -293,7 +281,7 @@ def backward_grid(M: int, N: int, device: torch.device):
     """
     cfg = launch_config(N)
     col_blocks = triton.cdiv(N, cfg["BLOCK_N"])
-    target = triton.cdiv(_num_sms(device) * _PROGRAMS_PER_SM, col_blocks)
+    target = triton.cdiv(num_sms(device) * _PROGRAMS_PER_SM, col_blocks)
     target = max(1, min(target, triton.cdiv(M, _MIN_ROWS_PER_PROG)))
     step = cfg["BWD_BLOCK_M"]
     rows_per_prog = triton.cdiv(triton.cdiv(M, target), step) * step
@@ -327,7 +315,7 @@ def bias_gelu_bwd(dy: torch.Tensor, x: torch.Tensor, bias, approximate: str = "n
     G, rows_per_prog = backward_grid(M, N, x.device)
     db_part = torch.empty((G, N), dtype=torch.float32, device=x.device) if has_bias else dx
     dbias = torch.empty_like(bias) if has_bias else None
-    with _on_device(x):
+    with on_device(x):
         _bias_gelu_bwd_kernel[(G, triton.cdiv(N, cfg["BLOCK_N"]))](
             dy, x, bias if has_bias else x, dx, db_part,
             dy.stride(0), x.stride(0), dx.stride(0),

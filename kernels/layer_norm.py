@@ -10,12 +10,12 @@ contiguous block of rows and writes one fp32 partial row into a (G, N) buffer, t
 ``_layer_norm_bwd_dwdb_kernel`` sums that buffer's columns in a fixed order, so the result is
 bit-identical from run to run on a given device.
 """
-import contextlib
-import functools
 
 import torch
 import triton
 import triton.language as tl
+
+from fastgpt.kernels._launch import num_sms, on_device
 
 # Widest row the kernels support: the forward keeps a whole row in registers and the backward
 # a row plus its dweight/dbias partials; above this they would spill (checked ahead of time
@@ -57,18 +57,6 @@ def launch_config(N: int) -> dict:
         "num_warps": num_warps,
         "programs_per_sm": {4: 8, 8: 2, 16: 1}[num_warps],
     }
-
-
-def _on_device(t: torch.Tensor):
-    # Triton launches on the current CUDA device: make that t's (a no-op on the CPU/interpreter).
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
-@functools.lru_cache(maxsize=None)
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # the interpreter runs programs one after another; a few keep it quick
 
 
 @triton.jit
@@ -297,7 +285,7 @@ def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float):
         return y, mean, rstd
     cfg = launch_config(N)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]),)
-    with _on_device(x):
+    with on_device(x):
         _layer_norm_fwd_kernel[grid](
             x, y,
             weight if weight is not None else x, bias if bias is not None else x,
@@ -318,7 +306,7 @@ def backward_grid(M: int, N: int, device: torch.device):
     dweight/dbias) is reproducible on a given device.
     """
     cfg = launch_config(N)
-    target = min(_num_sms(device) * cfg["programs_per_sm"], triton.cdiv(M, _MIN_ROWS_PER_PROG))
+    target = min(num_sms(device) * cfg["programs_per_sm"], triton.cdiv(M, _MIN_ROWS_PER_PROG))
     rows_per_prog = triton.cdiv(M, max(1, target))
     return triton.cdiv(M, rows_per_prog), rows_per_prog
 
@@ -362,7 +350,7 @@ def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.
     f32 = dict(dtype=torch.float32, device=x.device)
     dw_part = torch.empty((G, N), **f32) if has_dw else dx
     db_part = torch.empty((G, N), **f32) if has_db else dx
-    with _on_device(x):
+    with on_device(x):
         _layer_norm_bwd_dx_kernel[(G,)](
             dy, x, weight if has_dw else x, mean, rstd, dx, dw_part, db_part,
             dy.stride(0), x.stride(0), dx.stride(0),

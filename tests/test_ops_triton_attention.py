@@ -1,0 +1,96 @@
+"""fastgpt.ops.attention on the triton backend through the public op: registration, autograd,
+dropout seeding, the model (dropout on), KV-cache generation and torch.compile(fullgraph=True)."""
+import pytest
+import torch
+
+import fastgpt
+from conftest import DEVICE
+from fastgpt import ops, reference
+from tolerances import assert_2x_rule
+
+pytest.importorskip("triton")
+
+
+def _qkv(B, H, Tq, Tk, D, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, T, D, generator=g).to(DEVICE, dtype).requires_grad_() for T in (Tq, Tk, Tk)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("Tq,Tk,causal", [(33, 33, True), (5, 40, True), (17, 17, False)])
+def test_op_matches_oracle(dtype, Tq, Tk, causal):
+    q, k, v = _qkv(1, 2, Tq, Tk, 32, dtype)
+    do = torch.randn(1, 2, Tq, 32).to(DEVICE, dtype)
+    with fastgpt.use_backend(attention="triton"):
+        o = ops.attention(q, k, v, causal=causal)
+    grads = torch.autograd.grad(o, (q, k, v), do)
+    oq, ok, ov = (t.detach().float().requires_grad_() for t in (q, k, v))
+    oo = reference.attention_math(oq, ok, ov, causal=causal)
+    ograds = torch.autograd.grad(oo, (oq, ok, ov), do.float())
+    pq, pk, pv = (t.detach().requires_grad_() for t in (q, k, v))
+    po = reference.attention_math(pq, pk, pv, causal=causal)
+    pgrads = torch.autograd.grad(po, (pq, pk, pv), do)
+    assert_2x_rule("o", o, po, oo, dtype)
+    for name, a, p, r in zip(("dq", "dk", "dv"), grads, pgrads, ograds):
+        assert_2x_rule(name, a, p, r, dtype)
+
+
+def test_dropout_is_seeded_by_torch_and_differs_between_calls():
+    q, k, v = _qkv(1, 2, 24, 24, 16, torch.float32)
+    with fastgpt.use_backend(attention="triton"):
+        torch.manual_seed(0)
+        a = ops.attention(q, k, v, dropout_p=0.3)
+        b = ops.attention(q, k, v, dropout_p=0.3)
+        torch.manual_seed(0)
+        c = ops.attention(q, k, v, dropout_p=0.3)
+    assert torch.equal(a, c) and not torch.equal(a, b)
+
+
+def _model(dropout=0.0):
+    torch.manual_seed(0)
+    cfg = fastgpt.GPTConfig(block_size=24, vocab_size=19, n_layer=2, n_head=2, n_embd=32, dropout=dropout)
+    return fastgpt.GPT(cfg).to(DEVICE)
+
+
+def test_model_with_dropout_runs_the_kernel(monkeypatch):
+    from fastgpt.kernels import attention as kern
+
+    calls = []
+    for name in ("attention_fwd", "attention_bwd"):
+        fn = getattr(kern, name)
+        monkeypatch.setattr(kern, name, lambda *a, _fn=fn, _n=name, **kw: (calls.append((_n, a[-2])), _fn(*a, **kw))[1])
+    model, idx = _model(dropout=0.2), torch.randint(0, 19, (2, 24), device=DEVICE)
+    with fastgpt.use_backend(attention="triton"):
+        model(idx, idx)[1].backward()
+    assert {c[0] for c in calls} == {"attention_fwd", "attention_bwd"}
+    assert all(p == 0.2 for _, p in calls), calls  # dropout stayed inside the fused kernel
+
+
+def test_model_matches_reference_without_dropout():
+    model, idx = _model(), torch.randint(0, 19, (2, 24), device=DEVICE)
+    with fastgpt.use_backend(attention="triton"):
+        loss = model(idx, idx)[1]
+    with fastgpt.use_backend("reference"):
+        ref = model(idx, idx)[1]
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_generate_with_cache_on_the_kernel_equals_without():
+    model = _model().eval()
+    idx = torch.randint(0, 19, (1, 4), device=DEVICE)
+    with fastgpt.use_backend(attention="triton"):
+        torch.manual_seed(3)
+        cached = model.generate(idx, 10, top_k=5)
+        torch.manual_seed(3)
+        plain = model.generate(idx, 10, top_k=5, use_cache=False)
+    assert torch.equal(cached, plain)
+
+
+def test_compile_fullgraph_with_the_kernel():
+    model, idx = _model(dropout=0.1), torch.randint(0, 19, (2, 24), device=DEVICE)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with fastgpt.use_backend(attention="triton"):
+        loss = compiled(idx, idx)[1]
+        loss.backward()
+    assert torch.isfinite(loss)
