@@ -267,8 +267,9 @@ class GPT(nn.Module):
             {"params": nodecay_params, "weight_decay": 0.0},
         ]
         # Create AdamW optimizer and use the fused version if it is available
+        # (fastgpt: on the CPU too, where torch >= 2.4 has it: a 6x faster step than foreach)
         fused_available = "fused" in inspect.signature(torch.optim.AdamW).parameters
-        use_fused = fused_available and device_type == "cuda"
+        use_fused = fused_available and device_type in ("cuda", "cpu")
         extra_args = dict(fused=True) if use_fused else dict()
         return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
 
@@ -325,6 +326,14 @@ class GPT(nn.Module):
     def from_preset(cls, name, **overrides):
         """A freshly initialised GPT of a named preset (see PRESETS), with config overrides."""
         return cls(GPTConfig.from_preset(name, **overrides))
+
+    @classmethod
+    def from_pretrained(cls, path, override_args=None, **overrides):
+        """GPT-2 weights from a local Hugging Face directory, or a nanoGPT/fastgpt ckpt.pt;
+        nothing is downloaded (see fastgpt.hf)."""
+        from fastgpt.hf import from_pretrained
+
+        return from_pretrained(path, override_args, **overrides)
 
     def load_nanogpt_state_dict(self, state_dict, strict=True):
         """Load a nanoGPT (or fastgpt) state_dict, also one saved from a torch.compile'd model."""

@@ -1,0 +1,287 @@
+"""Training configuration: named presets, config files and command-line overrides.
+
+A run's settings are one flat dict of the keys in ``TrainConfig`` (nanoGPT's train.py globals,
+plus a few). They are filled in this order, later wins:
+
+1. the preset (``--preset NAME``, or a config file's ``preset`` key; default
+   ``shakespeare-char-small`` on a CPU machine, ``shakespeare-char`` with a GPU),
+2. a config file (``--config FILE`` or a bare ``FILE`` argument): a Python file holding a dict
+   literal or nanoGPT-style ``key = value`` lines, a ``.toml``, ``.json``, or ``.yaml`` file
+   (YAML needs PyYAML). Python files are parsed with ``ast``, never executed;
+3. ``--key value`` / ``--key=value`` on the command line (``-`` and ``_`` both work; a bare
+   ``--flag`` means true for a bool key).
+
+An unknown key is an error that lists the valid ones.
+"""
+import ast
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+class ConfigError(ValueError):
+    """A bad config: unknown key, bad value or unreadable file. The message names the fix."""
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = "out/shakespeare-char-small"
+    eval_interval: int = 250
+    log_interval: int = 10
+    eval_iters: int = 20
+    eval_only: bool = False
+    always_save_checkpoint: bool = True  # False: save only when val loss improves (resume still works)
+    # data
+    data: str = "shakespeare"  # 'shakespeare' (the embedded corpus) or a path to a text file
+    tokenizer: str = "char"  # 'char' or 'gpt2' (GPT-2 BPE through tiktoken, encoding available locally)
+    data_dir: str = "data_cache"  # where the tokenized .bin memmaps and meta.json are cached
+    gradient_accumulation_steps: int = 1  # the total over all processes; divided by the world size
+    batch_size: int = 12  # sequences per micro-step (per process)
+    block_size: int = 64
+    # model
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+    backend: str = "auto"
+    # AdamW
+    learning_rate: float = 1e-3
+    max_iters: int = 2000
+    weight_decay: float = 1e-1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    # learning-rate schedule: linear warmup, cosine decay to min_lr
+    decay_lr: bool = True
+    warmup_iters: int = 100
+    lr_decay_iters: Optional[int] = None  # None: max_iters
+    min_lr: float = 1e-4
+    # system
+    device: str = "auto"  # 'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...
+    dtype: str = "auto"  # 'auto' (bfloat16 on a GPU that has it, float16 on older GPUs, float32 on CPU)
+    compile: bool = False
+    threads: int = 0  # CPU threads for torch; 0 picks from the free cores
+    seed: int = 1337
+    peak_flops: Optional[float] = None  # for MFU; None: a per-device estimate
+    # output
+    progress: bool = True  # a tqdm progress bar; False prints a line every log_interval
+    sample_chars: int = 300  # tokens sampled after training (0: none)
+    plot: bool = True  # loss.png in out_dir
+
+    def validate(self):
+        checks = [
+            (self.tokenizer in ("char", "gpt2"), "tokenizer must be 'char' or 'gpt2'"),
+            (self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype must be auto, float32, bfloat16 or float16"),
+            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.max_iters >= 0, "max_iters must be >= 0"),
+            (self.eval_interval >= 1, "eval_interval must be >= 1"),
+            (self.eval_iters >= 1, "eval_iters must be >= 1"),
+            (self.log_interval >= 1, "log_interval must be >= 1"),
+            (self.threads >= 0, "threads must be >= 0"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"bad config: {msg}")
+        return self
+
+
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout")
+
+# Named training presets: overrides of TrainConfig's defaults.
+PRESETS = {
+    # The CPU main job: nanoGPT's shakespeare_char config shrunk as its README suggests for a
+    # laptop (4 layers, 4 heads, 128 dims, context 64, batch 12, 2000 iterations, no dropout).
+    "shakespeare-char-small": dict(out_dir="out/shakespeare-char-small"),
+    # nanoGPT's config/train_shakespeare_char.py: the GPU default.
+    "shakespeare-char": dict(
+        out_dir="out/shakespeare-char", eval_interval=250, eval_iters=200, log_interval=10,
+        batch_size=64, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2,
+        learning_rate=1e-3, max_iters=5000, lr_decay_iters=5000, min_lr=1e-4, beta2=0.99, warmup_iters=100,
+    ),
+    # nanoGPT's GPT-2 124M recipe (config/train_gpt2.py) on your own text with the GPT-2 BPE:
+    # ~0.5M tokens per iteration over 8 GPUs (12 x 1024 x 40 accumulation steps).
+    "gpt2": dict(
+        out_dir="out/gpt2", tokenizer="gpt2", eval_interval=1000, eval_iters=200, log_interval=10,
+        batch_size=12, block_size=1024, gradient_accumulation_steps=40, n_layer=12, n_head=12, n_embd=768,
+        dropout=0.0, bias=True, learning_rate=6e-4, max_iters=600000, lr_decay_iters=600000, min_lr=6e-5,
+        weight_decay=1e-1, beta1=0.9, beta2=0.95, warmup_iters=2000,
+    ),
+}
+
+
+def default_preset():
+    return "shakespeare-char" if torch.cuda.is_available() else "shakespeare-char-small"
+
+
+def valid_keys():
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _check_keys(d, source):
+    unknown = [k for k in d if k not in valid_keys()]
+    if unknown:
+        raise ConfigError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                          f"in {source}; valid keys: {', '.join(valid_keys())}")
+
+
+def load_file(path):
+    """A config file as a dict: .py (dict literal or ``key = literal`` lines; parsed, not executed),
+    .toml, .json, .yaml/.yml."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} not found; pass an existing .py, .toml, .json or .yaml file")
+    ext = os.path.splitext(path)[1].lower()
+    text = open(path, encoding="utf-8").read()
+    try:
+        if ext == ".toml":
+            import tomllib
+            return tomllib.loads(text)
+        if ext == ".json":
+            return json.loads(text)
+        if ext in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise ConfigError(f"{path}: YAML config files need PyYAML (pip install pyyaml), or use a .toml or .py config") from None
+            out = yaml.safe_load(text) or {}
+            if not isinstance(out, dict):
+                raise ConfigError(f"{path}: a YAML config must be a mapping of keys to values")
+            return out
+        if ext == ".py":
+            return _literal_py(text, path)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"config file {path} could not be parsed ({type(e).__name__}: {e}); fix its syntax") from None
+    raise ConfigError(f"config file {path}: unknown extension {ext!r}; use .py, .toml, .json, .yaml or .yml")
+
+
+def _literal_py(text, path):
+    tree = ast.parse(text, filename=path)
+    body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str))]
+    if len(body) == 1 and isinstance(body[0], ast.Expr):  # a bare dict literal
+        out = ast.literal_eval(body[0].value)
+        if not isinstance(out, dict):
+            raise ConfigError(f"{path}: a Python config must be a dict literal or 'key = value' lines")
+        return out
+    out = {}
+    for node in body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ConfigError(f"{path}:{node.lineno}: only 'key = literal' lines are allowed in a Python config (it is not executed)")
+        try:
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            raise ConfigError(f"{path}:{node.lineno}: the value of {node.targets[0].id!r} must be a literal (number, string, bool, None)") from None
+    return out
+
+
+def _convert(key, raw, default_type):
+    """A command-line string to the type of the key's default."""
+    if default_type is bool:
+        low = raw.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--{key} takes true or false, got {raw!r}")
+    if raw.lower() == "none":
+        return None
+    for t in (default_type,) if default_type in (int, float, str) else (int, float, str):
+        try:
+            return t(raw)
+        except ValueError:
+            pass
+    raise ConfigError(f"--{key} takes a {default_type.__name__}, got {raw!r}")
+
+
+FLAGS = ("resume", "overwrite")  # command-line switches that are not config keys
+_BOOL_WORDS = ("1", "true", "yes", "on", "0", "false", "no", "off")
+def _key_type(key):
+    """int, float, str or bool: the key's annotation, with Optional[...] unwrapped."""
+    t = next(f for f in dataclasses.fields(TrainConfig) if f.name == key).type
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    return args[0] if args else t
+
+
+def _coerce(d, source):
+    out = {}
+    for key, value in d.items():
+        t = _key_type(key)
+        if value is not None and t is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if value is not None and not isinstance(value, t) or (t is int and isinstance(value, bool)):
+            if isinstance(value, str):
+                value = _convert(key, value, t)
+            else:
+                raise ConfigError(f"{source}: {key} must be a {t.__name__}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def parse_overrides(argv):
+    """``--key value`` / ``--key=value`` / ``--flag`` -> {key: raw string or True}; also returns
+    a bare positional argument (a config file) if there is one."""
+    out, positional = {}, []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            positional.append(arg)
+            i += 1
+            continue
+        key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if not eq:
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            is_flag = key in FLAGS or (key in valid_keys() and _key_type(key) is bool)
+            if is_flag and (nxt is None or nxt.lower() not in _BOOL_WORDS):
+                value = "true"
+            elif nxt is None or (nxt.startswith("--") and not is_flag):
+                raise ConfigError(f"--{key} needs a value")
+            else:
+                value, i = nxt, i + 1
+        out[key] = value
+        i += 1
+    if len(positional) > 1:
+        raise ConfigError(f"unexpected arguments {positional}; pass settings as --key value")
+    return out, (positional[0] if positional else None)
+
+
+def build(argv=(), extra=None):
+    """(TrainConfig, the keys set explicitly by the config file or command line, flags) from argv.
+
+    flags: the non-config command-line switches (resume, overwrite) the caller handles itself.
+    """
+    cli, positional = parse_overrides(list(argv))
+    flags = {k: _convert(k, cli.pop(k), bool) for k in FLAGS if k in cli}
+    config_path = cli.pop("config", None) or positional
+    file_values = {}
+    if config_path:
+        file_values = dict(load_file(config_path))
+    preset = cli.pop("preset", None) or file_values.pop("preset", None) or default_preset()
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    _check_keys(file_values, config_path)
+    _check_keys(cli, "the command line")
+    explicit = {**_coerce(file_values, config_path), **_coerce(cli, "the command line"), **(extra or {})}
+    values = {**PRESETS[preset], **explicit}
+    cfg = TrainConfig(**values).validate()
+    return cfg, explicit, preset, flags
+
+
+def as_dict(cfg):
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d):
+    """A TrainConfig from a checkpoint's saved config (unknown keys from other versions dropped)."""
+    return TrainConfig(**{k: v for k, v in d.items() if k in valid_keys()})
+

@@ -1,0 +1,139 @@
+"""Sample from a trained checkpoint, streaming the text as it is generated.
+
+    python -m fastgpt.sample --ckpt out/shakespeare-char-small
+    python -m fastgpt.sample --ckpt out/run1/ckpt.pt --prompt "ROMEO:" --max_new_tokens 300 \\
+        --temperature 0.8 --top_k 200 --seed 1337 --num_samples 2
+    python -m fastgpt.sample --ckpt out/run1 --prompt_file prompt.txt --no_stream
+
+The tokenizer comes from the checkpoint (fastgpt checkpoints record it; a nanoGPT checkpoint
+without one is taken as GPT-2 BPE when its vocabulary is GPT-2's). Tokens come from
+``GPT.generate`` (its KV cache), a few at a time so the text streams; a prompt longer than the
+context keeps its last block_size tokens, with a notice.
+"""
+import argparse
+import contextlib
+import sys
+
+import torch
+
+from fastgpt import checkpoint
+from fastgpt.checkpoint import CheckpointError
+from fastgpt.data import DataError, GPT2Tokenizer, tokenizer_from_meta
+from fastgpt.train import TrainError, resolve_device, resolve_dtype
+
+STREAM_CHUNK = 8  # tokens per generate() call while streaming
+
+
+def tokenizer_for(ckpt, path):
+    meta = ckpt.get("meta")
+    if meta:
+        return tokenizer_from_meta(meta)
+    if ckpt["model_args"].get("vocab_size", 0) >= 50257:
+        return GPT2Tokenizer()
+    raise CheckpointError(f"checkpoint {path} records no tokenizer (a nanoGPT char-level checkpoint?); "
+                          f"sample from a checkpoint written by python -m fastgpt.train")
+
+
+def encode_prompt(tok, text):
+    if text == "":
+        if hasattr(tok, "stoi"):
+            return [tok.stoi["\n"]] if "\n" in tok.stoi else [0]
+        return [50256]  # GPT-2's <|endoftext|>
+    try:
+        return tok.encode(text)
+    except ValueError as e:
+        raise DataError(f"prompt: {e}; use only characters that occur in the training text") from None
+
+
+def generate_stream(model, ids, max_new_tokens, temperature, top_k, chunk=STREAM_CHUNK):
+    """Yield the growing (1, T) sequence after each ``chunk`` new tokens."""
+    done = 0
+    while done < max_new_tokens:
+        n = min(chunk, max_new_tokens - done)
+        ids = model.generate(ids, n, temperature=temperature, top_k=top_k)
+        done += n
+        yield ids
+
+
+def sample(ckpt_path, prompt="", max_new_tokens=500, temperature=0.8, top_k=200, seed=1337, num_samples=1,
+           device="auto", dtype="auto", stream=True, out=None, err=None):
+    """Generate ``num_samples`` continuations of ``prompt``; returns their texts (prompt excluded)."""
+    out, err = out or sys.stdout, err or sys.stderr
+    if temperature <= 0:
+        raise DataError(f"--temperature must be > 0, got {temperature}")
+    if top_k is not None and top_k <= 0:
+        top_k = None
+    dev = resolve_device(device)
+    ptdtype = resolve_dtype(dtype, dev)
+    path = checkpoint.resolve(ckpt_path)
+    ckpt = checkpoint.load(path, map_location="cpu")
+    tok = tokenizer_for(ckpt, path)
+    model = checkpoint.model_from_checkpoint(ckpt, path, dropout=0.0).to(dev).eval()
+    del ckpt
+    block = model.config.block_size
+    ids = encode_prompt(tok, prompt)
+    if len(ids) > block:
+        print(f"note: the prompt is {len(ids)} tokens, longer than the model's context of {block}; "
+              f"keeping its last {block} tokens", file=err)
+        ids = ids[-block:]
+    ctx = contextlib.nullcontext() if ptdtype == torch.float32 else torch.autocast(dev.type, dtype=ptdtype)
+    torch.manual_seed(seed)
+    if dev.type == "cuda":
+        torch.cuda.manual_seed(seed)
+    texts = []
+    with torch.no_grad(), ctx:
+        for s in range(num_samples):
+            x = torch.tensor([ids], dtype=torch.long, device=dev)
+            shown = ""
+            if stream:
+                out.write(prompt)
+                for seq in generate_stream(model, x, max_new_tokens, temperature, top_k):
+                    text = tok.decode(seq[0, len(ids):].tolist())
+                    if not text.endswith("\ufffd"):  # hold back a partial UTF-8 character (BPE)
+                        out.write(text[len(shown):])
+                        out.flush()
+                        shown = text
+                    x = seq
+                text = tok.decode(x[0, len(ids):].tolist())
+                out.write(text[len(shown):] + "\n")
+            else:
+                x = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k)
+                text = tok.decode(x[0, len(ids):].tolist())
+                out.write(prompt + text + "\n")
+            if s < num_samples - 1:
+                out.write("---------------\n")
+            out.flush()
+            texts.append(text)
+    return texts
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True, help="a ckpt.pt, or the out_dir holding it")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prompt", default="", help="the text to continue (default: a newline)")
+    g.add_argument("--prompt_file", "--prompt-file", help="read the prompt from this file")
+    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=500)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top_k", "--top-k", type=int, default=200, help="0: no top-k filtering")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--num_samples", "--num-samples", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--no_stream", "--no-stream", action="store_true", help="print each sample when it is complete")
+    a = p.parse_args(argv)
+    try:
+        prompt = a.prompt
+        if a.prompt_file:
+            try:
+                prompt = open(a.prompt_file, encoding="utf-8").read()
+            except OSError as e:
+                raise DataError(f"prompt file {a.prompt_file!r} cannot be read ({e.strerror}); pass an existing text file") from None
+        sample(a.ckpt, prompt, a.max_new_tokens, a.temperature, a.top_k, a.seed, a.num_samples, a.device, a.dtype,
+               stream=not a.no_stream)
+    except (CheckpointError, DataError, TrainError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
