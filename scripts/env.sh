@@ -21,9 +21,11 @@ if [ ! -f "$req_stamp" ]; then
 fi
 
 # Rebuild fastgpt._C only when its sources, the build files or torch changed.
-src_hash=$( (cat setup.py pyproject.toml build_backend/*.py csrc/* ; "$PY" -c "import torch; print(torch.__version__)") | sha1sum | cut -c1-12)
+# (torch's version from its metadata and the .so by name: importing either costs seconds)
+torch_version=$("$PY" -c "import importlib.metadata as m; print(m.version('torch'))")
+src_hash=$( (cat setup.py pyproject.toml build_backend/*.py csrc/*; echo "$torch_version") | sha1sum | cut -c1-12)
 build_stamp="$VENV/.fastgpt-build-$src_hash"
-if [ ! -f "$build_stamp" ] || ! "$PY" -c "import fastgpt._C" 2>/dev/null; then
+if [ ! -f "$build_stamp" ] || ! ls fastgpt/_C*.so > /dev/null 2>&1; then
   echo "== building and installing fastgpt (compiles fastgpt._C; a few minutes on 2 cores)"
   rm -f "$VENV"/.fastgpt-build-*
   "$PY" -m pip install -q -e .
