@@ -167,6 +167,36 @@ def _attention_fwd_inner(acc, l_i, m_i, q, K_bh, V_bh, stride_k_t, stride_k_d, s
     return acc, l_i, m_i
 
 
+@triton.jit
+def _query_block(H, Tq, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+    """The query block of this program: grid (cdiv(Tq, BLOCK_M), B * nh), heaviest causal
+    blocks first. Returns (bh, b, h, m0, offs_m, row_mask), b and h as int64."""
+    if CAUSAL:
+        start_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    m0 = start_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    return bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64), m0, offs_m, offs_m < Tq
+
+
+@triton.jit
+def _query_rows_ptrs(X_ptr, b, h, m0, stride_b, stride_h, stride_t, stride_d,
+                     BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Pointers to the (BLOCK_M, HEAD_DIM) tile of rows [m0, m0 + BLOCK_M) of head (b, h)."""
+    X_blk = _aligned16(X_ptr, b * stride_b + h * stride_h + m0.to(tl.int64) * stride_t)
+    return X_blk + _rows16(tl.arange(0, BLOCK_M), stride_t) + tl.arange(0, HEAD_DIM)[None, :] * stride_d
+
+
+@triton.jit
+def _load_query_rows(X_ptr, b, h, m0, row_mask, stride_b, stride_h, stride_t, stride_d,
+                     BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """That tile's values; rows outside row_mask read as 0."""
+    ptrs = _query_rows_ptrs(X_ptr, b, h, m0, stride_b, stride_h, stride_t, stride_d, BLOCK_M, HEAD_DIM)
+    return tl.load(ptrs, mask=row_mask[:, None], other=0.0)
+
+
 @triton.jit(do_not_specialize=["seed"])
 def _attention_fwd_kernel(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
                           stride_q_b, stride_q_h, stride_q_t, stride_q_d,
@@ -194,24 +224,10 @@ def _attention_fwd_kernel(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
     """
     tl.static_assert(HEAD_DIM == 16 or HEAD_DIM == 32 or HEAD_DIM == 64 or HEAD_DIM == 128)
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16)
-    if CAUSAL:
-        start_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    else:
-        start_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    m0 = start_m * BLOCK_M
+    bh, b, h, m0, offs_m, row_mask = _query_block(H, Tq, BLOCK_M, CAUSAL)
     shift = Tk - Tq
-
-    offs_m = m0 + tl.arange(0, BLOCK_M)
-    offs_mt = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_mask = offs_m < Tq
-
-    Q_blk = _aligned16(Q_ptr, b * stride_q_b + h * stride_q_h + m0.to(tl.int64) * stride_q_t)
-    q = tl.load(Q_blk + _rows16(offs_mt, stride_q_t) + offs_d[None, :] * stride_q_d,
-                mask=row_mask[:, None], other=0.0)
+    q = _load_query_rows(Q_ptr, b, h, m0, row_mask, stride_q_b, stride_q_h, stride_q_t, stride_q_d,
+                         BLOCK_M, HEAD_DIM)
     K_bh = _aligned16(K_ptr, b * stride_k_b + h * stride_k_h)
     V_bh = _aligned16(V_ptr, b * stride_v_b + h * stride_v_h)
 
@@ -242,8 +258,7 @@ def _attention_fwd_kernel(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
         acc = acc * (keep_scale / l_i)[:, None]
     else:
         acc = acc / l_i[:, None]
-    O_blk = _aligned16(O_ptr, b * stride_o_b + h * stride_o_h + m0.to(tl.int64) * stride_o_t)
-    tl.store(O_blk + _rows16(offs_mt, stride_o_t) + offs_d[None, :] * stride_o_d,
+    tl.store(_query_rows_ptrs(O_ptr, b, h, m0, stride_o_b, stride_o_h, stride_o_t, stride_o_d, BLOCK_M, HEAD_DIM),
              acc.to(O_ptr.dtype.element_ty), mask=row_mask[:, None])
     tl.store(LSE_ptr + bh.to(tl.int64) * Tq + offs_m, lse2 * 0.6931471805599453, mask=row_mask)
 
@@ -259,22 +274,13 @@ def _attention_bwd_preprocess_kernel(O_ptr, DO_ptr, DELTA_ptr,
     Pointers: O and DO (B, nh, Tq, hs), any strides, fp16/bf16/fp32; DELTA (B, nh, Tq) fp32
     contiguous. HBM: 2 * hs * elt bytes read and 4 bytes written per row. Accumulation: fp32.
     """
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    m0 = start_m * BLOCK_M
-    offs_mt = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_mask = (m0 + offs_mt) < Tq
-    O_blk = _aligned16(O_ptr, b * stride_o_b + h * stride_o_h + m0.to(tl.int64) * stride_o_t)
-    DO_blk = _aligned16(DO_ptr, b * stride_do_b + h * stride_do_h + m0.to(tl.int64) * stride_do_t)
-    o = tl.load(O_blk + _rows16(offs_mt, stride_o_t) + offs_d[None, :] * stride_o_d,
-                mask=row_mask[:, None], other=0.0).to(tl.float32)
-    do = tl.load(DO_blk + _rows16(offs_mt, stride_do_t) + offs_d[None, :] * stride_do_d,
-                 mask=row_mask[:, None], other=0.0).to(tl.float32)
+    bh, b, h, m0, offs_m, row_mask = _query_block(H, Tq, BLOCK_M, False)
+    o = _load_query_rows(O_ptr, b, h, m0, row_mask, stride_o_b, stride_o_h, stride_o_t, stride_o_d,
+                         BLOCK_M, HEAD_DIM).to(tl.float32)
+    do = _load_query_rows(DO_ptr, b, h, m0, row_mask, stride_do_b, stride_do_h, stride_do_t, stride_do_d,
+                          BLOCK_M, HEAD_DIM).to(tl.float32)
     delta = tl.sum(o * do, axis=1)
-    tl.store(DELTA_ptr + bh.to(tl.int64) * Tq + m0 + offs_mt, delta, mask=row_mask)
+    tl.store(DELTA_ptr + bh.to(tl.int64) * Tq + offs_m, delta, mask=row_mask)
 
 
 @triton.jit
@@ -478,26 +484,12 @@ def _attention_bwd_dq_kernel(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ
     """
     tl.static_assert(HEAD_DIM == 16 or HEAD_DIM == 32 or HEAD_DIM == 64 or HEAD_DIM == 128)
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16)
-    if CAUSAL:
-        start_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    else:
-        start_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    m0 = start_m * BLOCK_M
+    bh, b, h, m0, offs_m, row_mask = _query_block(H, Tq, BLOCK_M, CAUSAL)
     shift = Tk - Tq
-
-    offs_m = m0 + tl.arange(0, BLOCK_M)
-    offs_mt = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_mask = offs_m < Tq
-    Q_blk = _aligned16(Q_ptr, b * stride_q_b + h * stride_q_h + m0.to(tl.int64) * stride_q_t)
-    DO_blk = _aligned16(DO_ptr, b * stride_do_b + h * stride_do_h + m0.to(tl.int64) * stride_do_t)
-    q = tl.load(Q_blk + _rows16(offs_mt, stride_q_t) + offs_d[None, :] * stride_q_d,
-                mask=row_mask[:, None], other=0.0)
-    do = tl.load(DO_blk + _rows16(offs_mt, stride_do_t) + offs_d[None, :] * stride_do_d,
-                 mask=row_mask[:, None], other=0.0)
+    q = _load_query_rows(Q_ptr, b, h, m0, row_mask, stride_q_b, stride_q_h, stride_q_t, stride_q_d,
+                         BLOCK_M, HEAD_DIM)
+    do = _load_query_rows(DO_ptr, b, h, m0, row_mask, stride_do_b, stride_do_h, stride_do_t, stride_do_d,
+                          BLOCK_M, HEAD_DIM)
     lse = tl.load(LSE_ptr + bh.to(tl.int64) * Tq + offs_m, mask=row_mask, other=0.0)
     lse2 = lse * 1.4426950408889634
     delta = tl.load(DELTA_ptr + bh.to(tl.int64) * Tq + offs_m, mask=row_mask, other=0.0)
@@ -520,8 +512,7 @@ def _attention_bwd_dq_kernel(Q_ptr, K_ptr, V_ptr, DO_ptr, LSE_ptr, DELTA_ptr, DQ
                                  seed, bh, dropout_p, keep_scale, BLOCK_N, HEAD_DIM, CAUSAL, True,
                                  DROPOUT, DOT_PRECISION)
     dq = dq * sm_scale
-    DQ_blk = _aligned16(DQ_ptr, b * stride_dq_b + h * stride_dq_h + m0.to(tl.int64) * stride_dq_t)
-    tl.store(DQ_blk + _rows16(offs_mt, stride_dq_t) + offs_d[None, :] * stride_dq_d,
+    tl.store(_query_rows_ptrs(DQ_ptr, b, h, m0, stride_dq_b, stride_dq_h, stride_dq_t, stride_dq_d, BLOCK_M, HEAD_DIM),
              dq.to(DQ_ptr.dtype.element_ty), mask=row_mask[:, None])
 
 
