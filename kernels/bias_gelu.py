@@ -8,7 +8,7 @@ nanoGPT's ``nn.GELU()`` (exact erf) by default, the tanh approximation with
 
 dbias is reduced without atomics: each backward program owns a block of rows (for one block
 of columns) and writes one fp32 partial row into a (G, N) buffer, and
-``_bias_gelu_bwd_dbias_kernel`` sums its columns in a fixed order: bit-identical from run to
+``fastgpt.kernels._reduce.column_sum`` sums its columns in a fixed order: bit-identical from run to
 run on a given device.
 """
 
@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from fastgpt.kernels._launch import num_sms, on_device
+from fastgpt.kernels._reduce import column_sum
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _APPROXIMATIONS = ("none", "tanh")
@@ -27,10 +28,6 @@ _APPROXIMATIONS = ("none", "tanh")
 _FWD_TILE_ELEMENTS = 4096
 _BWD_TILE_ELEMENTS = 2048
 _NUM_WARPS = 8
-# Column-reduction tile of _bias_gelu_bwd_dbias_kernel (one 128-byte fp32 line per partial row).
-_DBIAS_BLOCK_G = 128
-_DBIAS_BLOCK_N = 32
-_DBIAS_NUM_WARPS = 4
 # Fewest rows per backward program: below this the (G, N) partials cost more than they save.
 _MIN_ROWS_PER_PROG = 32
 # Backward programs per SM (8 warps each): enough loads in flight to cover memory latency.
@@ -180,34 +177,6 @@ def _bias_gelu_bwd_kernel(
         tl.store(DB_part_ptr + pid_m * N + cols, tl.sum(acc, axis=0), mask=col_mask)
 
 
-@triton.jit
-def _bias_gelu_bwd_dbias_kernel(
-    DB_part_ptr, DB_ptr,
-    G, N,
-    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """Sum the (G, N) partials of _bias_gelu_bwd_kernel over G, in a fixed order.
-
-    Grid: (cdiv(N, BLOCK_N),); program j reduces columns [j*BLOCK_N, (j+1)*BLOCK_N).
-    Tiles: BLOCK_G x BLOCK_N; the loop walks G in steps of BLOCK_G, then one tl.sum over
-    axis 0 -- the same order on every run, hence deterministic.
-    Pointers: DB_part (G, N) fp32 contiguous; DB (N,) bias.dtype.
-    On-chip: the BLOCK_G x BLOCK_N fp32 accumulator.
-    HBM bytes: 4 * G * N read, sizeof(bias.dtype) * N written.
-    Accumulation: fp32.
-    Constraints: none beyond G, N >= 1.
-    """
-    pid = tl.program_id(0)
-    cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_mask = cols < N
-    acc = tl.zeros((BLOCK_G, BLOCK_N), dtype=tl.float32)
-    for g0 in range(0, G, BLOCK_G):
-        rows = g0 + tl.arange(0, BLOCK_G)
-        mask = (rows < G)[:, None] & col_mask[None, :]
-        acc += tl.load(DB_part_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], mask=mask, other=0.0)
-    tl.store(DB_ptr + cols, tl.sum(acc, axis=0).to(DB_ptr.dtype.element_ty), mask=col_mask)
-
-
 def _check_2d(name, t, dtype, device):
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -325,9 +294,5 @@ def bias_gelu_bwd(dy: torch.Tensor, x: torch.Tensor, bias, approximate: str = "n
             num_warps=cfg["num_warps"], num_stages=1,
         )
         if has_bias:
-            _bias_gelu_bwd_dbias_kernel[(triton.cdiv(N, _DBIAS_BLOCK_N),)](
-                db_part, dbias, G, N,
-                BLOCK_G=_DBIAS_BLOCK_G, BLOCK_N=_DBIAS_BLOCK_N,
-                num_warps=_DBIAS_NUM_WARPS, num_stages=1,
-            )
+            column_sum(db_part, dbias)
     return dx, dbias

@@ -7,7 +7,7 @@ tensors, normalizing over the last dimension as ``F.layer_norm(x, (N,), weight, 
 
 The backward reduces dweight/dbias without atomics: each program of the dx kernel owns a
 contiguous block of rows and writes one fp32 partial row into a (G, N) buffer, then
-``_layer_norm_bwd_dwdb_kernel`` sums that buffer's columns in a fixed order, so the result is
+``fastgpt.kernels._reduce.column_sum`` sums that buffer's columns in a fixed order, so the result is
 bit-identical from run to run on a given device.
 """
 
@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from fastgpt.kernels._launch import num_sms, on_device
+from fastgpt.kernels._reduce import column_sum
 
 # Widest row the kernels support: the forward keeps a whole row in registers and the backward
 # a row plus its dweight/dbias partials; above this they would spill (checked ahead of time
@@ -24,11 +25,6 @@ MAX_N = 8192
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-# The column-reduction tile of _layer_norm_bwd_dwdb_kernel: narrow column blocks (one 128-byte
-# line of fp32 per partial row) so that even N = 768 gives the reduction a few dozen programs.
-_DWDB_BLOCK_G = 128
-_DWDB_BLOCK_N = 32
-_DWDB_NUM_WARPS = 4
 # Fewest rows per backward program: below this the (G, N) partials cost more than they save.
 _MIN_ROWS_PER_PROG = 16
 
@@ -180,43 +176,6 @@ def _layer_norm_bwd_dx_kernel(
         tl.store(DB_part_ptr + pid * N + cols, db_acc, mask=col_mask)
 
 
-@triton.jit
-def _layer_norm_bwd_dwdb_kernel(
-    DW_part_ptr, DB_part_ptr, DW_ptr, DB_ptr,
-    G, N,
-    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_DW: tl.constexpr, HAS_DB: tl.constexpr,
-):
-    """Sum the (G, N) partials of _layer_norm_bwd_dx_kernel over G, in a fixed order.
-
-    Grid: (cdiv(N, BLOCK_N),); program j reduces columns [j*BLOCK_N, (j+1)*BLOCK_N).
-    Tiles: BLOCK_G x BLOCK_N; the loop walks G in steps of BLOCK_G, then one tl.sum over
-    axis 0 -- the same order on every run, hence deterministic.
-    Pointers: DW_part, DB_part (G, N) fp32 contiguous; DW, DB (N,) weight.dtype / bias.dtype.
-    On-chip: the BLOCK_G x BLOCK_N fp32 accumulators.
-    HBM bytes: 4 * G * N read and sizeof(dtype) * N written per output.
-    Accumulation: fp32.
-    Constraints: none beyond G, N >= 1.
-    """
-    pid = tl.program_id(0)
-    cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_mask = cols < N
-    dw_acc = tl.zeros((BLOCK_G, BLOCK_N), dtype=tl.float32)
-    db_acc = tl.zeros((BLOCK_G, BLOCK_N), dtype=tl.float32)
-    for g0 in range(0, G, BLOCK_G):
-        rows = g0 + tl.arange(0, BLOCK_G)
-        mask = (rows < G)[:, None] & col_mask[None, :]
-        offs = rows[:, None].to(tl.int64) * N + cols[None, :]
-        if HAS_DW:
-            dw_acc += tl.load(DW_part_ptr + offs, mask=mask, other=0.0)
-        if HAS_DB:
-            db_acc += tl.load(DB_part_ptr + offs, mask=mask, other=0.0)
-    if HAS_DW:
-        tl.store(DW_ptr + cols, tl.sum(dw_acc, axis=0).to(DW_ptr.dtype.element_ty), mask=col_mask)
-    if HAS_DB:
-        tl.store(DB_ptr + cols, tl.sum(db_acc, axis=0).to(DB_ptr.dtype.element_ty), mask=col_mask)
-
-
 def _check_2d(name, t, dtype=None, device=None):
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -359,12 +318,8 @@ def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.
             HAS_W=has_dw, HAS_DW=has_dw, HAS_DB=has_db,
             num_warps=cfg["num_warps"], num_stages=1,
         )
-        if has_dw or has_db:
-            _layer_norm_bwd_dwdb_kernel[(triton.cdiv(N, _DWDB_BLOCK_N),)](
-                dw_part, db_part, dweight if has_dw else dx, dbias if has_db else dx,
-                G, N,
-                BLOCK_G=_DWDB_BLOCK_G, BLOCK_N=_DWDB_BLOCK_N,
-                HAS_DW=has_dw, HAS_DB=has_db,
-                num_warps=_DWDB_NUM_WARPS, num_stages=1,
-            )
+        if has_dw:
+            column_sum(dw_part, dweight)
+        if has_db:
+            column_sum(db_part, dbias)
     return dx, dweight, dbias

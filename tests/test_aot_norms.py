@@ -4,7 +4,7 @@ the per-block limit. Runs on the CPU machine (see tests/aot.py)."""
 import pytest
 from aot import assert_fits, compile_for_target
 
-from fastgpt.kernels import bias_gelu, layer_norm
+from fastgpt.kernels import _reduce, bias_gelu, layer_norm
 
 ARCHS = (80, 90)
 # n_embd of GPT-2 small/medium/large/xl, the 4x MLP width of small, and the widest supported.
@@ -58,14 +58,6 @@ def ln_jobs():
         "ln_bwd_dx-bf16-weight-only", layer_norm._layer_norm_bwd_dx_kernel, ln_signature("dx", "bf16"),
         {"BLOCK_N": cfg["BLOCK_N"], "HAS_W": True, "HAS_DW": True, "HAS_DB": False},
         cfg["num_warps"])
-    jobs["dwdb"] = (
-        "ln_bwd_dwdb",
-        layer_norm._layer_norm_bwd_dwdb_kernel,
-        {"DW_part_ptr": "*fp32", "DB_part_ptr": "*fp32", "DW_ptr": "*bf16", "DB_ptr": "*bf16",
-         "G": "i32", "N": "i32"},
-        {"BLOCK_G": layer_norm._DWDB_BLOCK_G, "BLOCK_N": layer_norm._DWDB_BLOCK_N,
-         "HAS_DW": True, "HAS_DB": True},
-        layer_norm._DWDB_NUM_WARPS)
     return list(jobs.values())
 
 
@@ -102,16 +94,16 @@ def gelu_jobs():
         "gelu_fwd-erf-nobias", bias_gelu._bias_gelu_fwd_kernel, gelu_signature("fwd"),
         {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "HAS_BIAS": False, "APPROX_TANH": False},
         cfg["num_warps"])
-    jobs["dbias"] = (
-        "gelu_bwd_dbias",
-        bias_gelu._bias_gelu_bwd_dbias_kernel,
-        {"DB_part_ptr": "*fp32", "DB_ptr": "*bf16", "G": "i32", "N": "i32"},
-        {"BLOCK_G": bias_gelu._DBIAS_BLOCK_G, "BLOCK_N": bias_gelu._DBIAS_BLOCK_N},
-        bias_gelu._DBIAS_NUM_WARPS)
     return list(jobs.values())
 
 
-JOBS = ln_jobs() + gelu_jobs()
+def reduce_jobs():
+    """The column sum that reduces both kernels' per-program partials."""
+    return [("column_sum", _reduce._column_sum_kernel, {"Part_ptr": "*fp32", "Out_ptr": "*bf16", "G": "i32", "N": "i32"},
+             {"BLOCK_G": _reduce.BLOCK_G, "BLOCK_N": _reduce.BLOCK_N}, _reduce.NUM_WARPS)]
+
+
+JOBS = ln_jobs() + gelu_jobs() + reduce_jobs()
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=lambda a: f"sm{a}")
