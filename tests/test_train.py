@@ -348,3 +348,32 @@ def test_thread_tuner_measures_and_keeps_the_fastest():
     assert tuner.best == 2
     used = run({1: 0.2, 2: 1.0, 4: 2.0}, range(61, 72))  # the machine got busy: measure again at once
     assert used == [2, 2, 2, 1, 1, 2, 4, 1, 1, 1, 1] and tuner.best == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_stops_per_step_page_faults():
+    """On a fresh process: a training step's large activation buffers page-fault every step
+    until keep_freed_memory() keeps freed blocks in the heap (counted with getrusage)."""
+    code = r"""
+import resource, torch
+from fastgpt.model import GPT, GPTConfig, PRESETS
+from fastgpt.train import keep_freed_memory
+torch.set_num_threads(1)
+m = GPT(GPTConfig(**PRESETS["shakespeare-char-small"]))
+x = torch.randint(0, 84, (12, 64))
+def faults(n=8):
+    for _ in range(2):
+        m(x, x)[1].backward()
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(n):
+        m(x, x)[1].backward()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / n
+before = faults()
+assert keep_freed_memory()
+print(before, faults())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    before, after = map(float, out.stdout.split())
+    assert before > 100, f"expected the default allocator to fault every step, got {before}/step"
+    assert after < before / 4, (before, after)

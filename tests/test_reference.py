@@ -1,0 +1,43 @@
+"""The reference attention's two CPU routes (explicit scores for short keys, SDPA beyond) agree
+with the spelled-out definition, values and every gradient."""
+import pytest
+import torch
+
+from fastgpt import reference
+
+
+def _grads(fn, q, k, v, g):
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v)
+    out.backward(g)
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("Tq,Tk", [(1, 1), (5, 5), (3, 17), (64, 64), (128, 128), (1, 128), (129, 129), (7, 200)])
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_attention_routes_match_the_definition(Tq, Tk, causal, scale):
+    torch.manual_seed(Tq * 1000 + Tk)
+    B, H, D = 2, 3, 16
+    q = torch.randn(B, H, Tq, D, dtype=torch.float64)
+    k, v = torch.randn(2, B, H, Tk, D, dtype=torch.float64)
+    g = torch.randn(B, H, Tq, D, dtype=torch.float64)
+    want = _grads(lambda a, b, c: reference.attention_math(a, b, c, causal, scale), q, k, v, g)
+    got = _grads(lambda a, b, c: reference.attention(a, b, c, causal, 0.0, scale), q, k, v, g)
+    for name, w, x in zip(("out", "dq", "dk", "dv"), want, got):
+        torch.testing.assert_close(x, w, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_short_route_is_used_up_to_small_t_and_equals_sdpa(monkeypatch):
+    """Both routes give the same fp32 result on the same input (and SMALL_T really switches)."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 4, 2, reference.SMALL_T, 32)
+    calls = []
+    real = reference._attention_small
+    monkeypatch.setattr(reference, "_attention_small", lambda *a: calls.append(1) or real(*a))
+    short = reference.attention(q, k, v)
+    assert calls == [1]
+    monkeypatch.setattr(reference, "SMALL_T", 0)
+    sdpa = reference.attention(q, k, v)
+    assert calls == [1]
+    torch.testing.assert_close(short, sdpa, rtol=2e-6, atol=2e-6)
