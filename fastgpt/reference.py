@@ -32,7 +32,7 @@ def attention(q, k, v, causal=True, dropout_p=0.0, scale=None):
     scale defaults to 1/sqrt(D); the causal mask is aligned bottom-right (see causal_mask).
     """
     Tq, Tk = q.shape[-2], k.shape[-2]
-    if q.device.type == "cpu" and dropout_p == 0.0 and Tk <= SMALL_T:
+    if q.device.type == "cpu" and q.dtype in _SMALL_T_DTYPES and dropout_p == 0.0 and Tk <= SMALL_T:
         return _attention_small(q, k, v, causal, scale)
     if causal and Tq != Tk:
         mask = causal_mask(Tq, Tk, q.device)
@@ -41,17 +41,20 @@ def attention(q, k, v, causal=True, dropout_p=0.0, scale=None):
 
 
 # Up to this many keys the CPU computes attention as three batched GEMMs on the whole T x T
-# score matrix (at most 64 KiB per head) rather than through SDPA's CPU flash kernel: measured on
-# a 2-core AVX2 machine (fp32, forward + backward), 3.0 vs 3.4 ms at B=12 H=4 T=64 D=32 and
-# 2.1 vs 2.7 ms at B=4 H=4 T=128 D=32, but 2.4x slower at T=256 and 2.8x at T=1024.
+# score matrix (at most 64 KiB per head in fp32) rather than through SDPA's CPU flash kernel:
+# measured on a 2-core AVX2 machine (fp32, forward + backward), 3.0 vs 3.4 ms at B=12 H=4 T=64
+# D=32 and 2.1 vs 2.7 ms at B=4 H=4 T=128 D=32, but 2.4x slower at T=256 and 2.8x at T=1024.
+# fp32/fp64 only: in bf16/fp16 the scores and softmax would round to 16 bits, where SDPA's kernel
+# keeps them in fp32.
 SMALL_T = 128
+_SMALL_T_DTYPES = (torch.float32, torch.float64)
 
 
 def _attention_small(q, k, v, causal, scale):
     *batch, Tq, D = q.shape
     Tk = k.shape[-2]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    q3, k3, v3 = (t.reshape(-1, t.shape[-2], D) for t in (q, k, v))
+    q3, k3, v3 = (t.reshape(-1, t.shape[-2], t.shape[-1]) for t in (q, k, v))
     if causal:
         bias = torch.zeros(Tq, Tk, dtype=q.dtype, device=q.device)
         bias.masked_fill_(~causal_mask(Tq, Tk, q.device), float("-inf"))

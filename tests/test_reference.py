@@ -28,6 +28,19 @@ def test_attention_routes_match_the_definition(Tq, Tk, causal, scale):
         torch.testing.assert_close(x, w, rtol=1e-10, atol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize("Tk", [9, 200])
+def test_attention_value_head_dim_may_differ(Tk):
+    """v's head dim need not be q's (as in SDPA), on both routes."""
+    torch.manual_seed(Tk)
+    q, k = torch.randn(2, 2, 3, Tk, 16, dtype=torch.float64)
+    v = torch.randn(2, 3, Tk, 8, dtype=torch.float64)
+    g = torch.randn(2, 3, Tk, 8, dtype=torch.float64)
+    want = _grads(lambda a, b, c: reference.attention_math(a, b, c, True), q, k, v, g)
+    got = _grads(lambda a, b, c: reference.attention(a, b, c, True), q, k, v, g)
+    for name, w, x in zip(("out", "dq", "dk", "dv"), want, got):
+        torch.testing.assert_close(x, w, rtol=1e-10, atol=1e-10, msg=name)
+
+
 def test_short_route_is_used_up_to_small_t_and_equals_sdpa(monkeypatch):
     """Both routes give the same fp32 result on the same input (and SMALL_T really switches)."""
     torch.manual_seed(0)
@@ -36,6 +49,10 @@ def test_short_route_is_used_up_to_small_t_and_equals_sdpa(monkeypatch):
     real = reference._attention_small
     monkeypatch.setattr(reference, "_attention_small", lambda *a: calls.append(1) or real(*a))
     short = reference.attention(q, k, v)
+    assert calls == [1]
+    reference.attention(*(t.bfloat16() for t in (q, k, v)))  # 16-bit inputs keep SDPA's fp32 softmax
+    reference.attention(q, k, v, dropout_p=0.1)  # dropout: SDPA's own RNG
+    reference.attention(*(torch.randn(1, 1, reference.SMALL_T + 1, 8) for _ in range(3)))
     assert calls == [1]
     monkeypatch.setattr(reference, "SMALL_T", 0)
     sdpa = reference.attention(q, k, v)
