@@ -46,9 +46,9 @@ import triton
 import triton.language as tl
 
 from fastgpt.kernels._launch import on_device
-
-SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from fastgpt.kernels.limits import ATTENTION_HEAD_DIMS as SUPPORTED_HEAD_DIMS
+from fastgpt.kernels.limits import ATTENTION_MAX_BATCH_HEADS, SHARED_MEMORY_PER_BLOCK
+from fastgpt.kernels.limits import DTYPES as SUPPORTED_DTYPES
 
 LOG2E = 1.4426950408889634
 
@@ -545,7 +545,6 @@ def _attention_dropout_mask_kernel(MASK_ptr, Tq, Tk, seed, dropout_p,
 # 30-70 registers per thread, which is why some lists differ with DROPOUT.
 # =============================================================================================
 
-_SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
 
 
 def _cfg(block_m, block_n, num_warps, num_stages):
@@ -638,7 +637,7 @@ def _arch_and_shared_limit(device):
         props = triton.runtime.driver.active.utils.get_device_properties(device.index)
         limit = props["max_shared_mem"]
     except Exception:  # older driver utils: fall back to the table
-        limit = _SHARED_LIMIT.get(major * 10 + minor, _SHARED_LIMIT[arch])
+        limit = SHARED_MEMORY_PER_BLOCK.get(major * 10 + minor, SHARED_MEMORY_PER_BLOCK[arch])
     return arch, limit
 
 
@@ -728,8 +727,8 @@ def _check_inputs(q, k, v, scale, dropout_p, seed):
         raise ValueError(f"q has Tq={Tq} > Tk={Tk} of k; expected Tq <= Tk")
     if D not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"q has head dim {D}; supported head dims: {SUPPORTED_HEAD_DIMS}")
-    if B * H > 65535:
-        raise ValueError(f"q has B * nh = {B * H} > 65535 (the grid's second axis)")
+    if B * H > ATTENTION_MAX_BATCH_HEADS:
+        raise ValueError(f"q has B * nh = {B * H} > {ATTENTION_MAX_BATCH_HEADS} (the grid's second axis)")
     if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and math.isfinite(scale)
                                        and scale > 0):
         raise ValueError(f"scale must be a finite positive number, got {scale!r}")

@@ -18,8 +18,8 @@ import triton.language as tl
 
 from fastgpt.kernels._launch import num_sms, on_device
 from fastgpt.kernels._reduce import column_sum
+from fastgpt.kernels.limits import DTYPES as _DTYPES
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _APPROXIMATIONS = ("none", "tanh")
 
 # Elements per program tile (BLOCK_M * BLOCK_N) and warps. Forward: 16 elements per thread, two

@@ -17,13 +17,8 @@ import triton.language as tl
 
 from fastgpt.kernels._launch import num_sms, on_device
 from fastgpt.kernels._reduce import column_sum
-
-# Widest row the kernels support: the forward keeps a whole row in registers and the backward
-# a row plus its dweight/dbias partials; above this they would spill (checked ahead of time
-# for sm_80 and sm_90 in tests/test_aot_norms.py).
-MAX_N = 8192
-
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from fastgpt.kernels.limits import DTYPES as _DTYPES
+from fastgpt.kernels.limits import LAYER_NORM_MAX_N as MAX_N  # the forward keeps a row in registers
 
 # Fewest rows per backward program: below this the (G, N) partials cost more than they save.
 _MIN_ROWS_PER_PROG = 16

@@ -43,8 +43,7 @@ import types
 
 import pytest
 
-# Opt-in maximum shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin), in bytes.
-SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+from fastgpt.kernels.limits import SHARED_MEMORY_PER_BLOCK as SHARED_LIMIT
 
 
 class _Skip(Exception):
@@ -58,7 +57,7 @@ def _triton_api():
         from triton.compiler import ASTSource
         from triton.runtime.jit import JITFunction
     except ImportError as e:
-        raise _Skip(f"AOT compile needs triton.compiler.ASTSource and GPUTarget: {e}")
+        raise _Skip(f"AOT compile needs triton.compiler.ASTSource and GPUTarget: {e}") from None
     return triton, GPUTarget, ASTSource, JITFunction
 
 
@@ -108,7 +107,7 @@ def _compile_here(module: str, qualname: str, signature: dict, constexprs: dict,
         src = ASTSource(fn=kernel, signature={a: signature[a] for a in kernel.arg_names},
                         constexprs=dict(constexprs), attrs=attrs)
     except TypeError as e:
-        raise _Skip(f"triton.compiler.ASTSource has another signature on this triton: {e}")
+        raise _Skip(f"triton.compiler.ASTSource has another signature on this triton: {e}") from None
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
 
