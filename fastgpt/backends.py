@@ -1,4 +1,4 @@
-"""Backend choice for fastgpt's ops.
+"""Backend choice for fastgpt's ops: pure policy, no op code.
 
 Every public op in ``fastgpt.ops`` runs on one of three backends:
 
@@ -8,9 +8,13 @@ Every public op in ``fastgpt.ops`` runs on one of three backends:
 * ``cuda``      — fastgpt's C++/CUDA extension ``fastgpt._C``: CUDA tensors when its CUDA part
                   was built, and CPU tensors through the extension's C++ CPU twin.
 
+Each op registers itself here once (:func:`register`): its name, the backends that implement
+it, the function that says whether a backend can run a given call, and a probe call for
+:func:`report`. This module imports no op module.
+
 ``auto`` (the default) picks per call from device, dtype and shape: the fastest backend that can
 run the call, which on CPU tensors is always ``reference``. A backend can be forced for every op
-or for single ops, with the environment (read once, at import)::
+or for single ops, with the environment (read on first use)::
 
     FASTGPT_BACKEND=triton                        # every op
     FASTGPT_BACKEND=attention=triton,layer_norm=reference
@@ -20,65 +24,112 @@ or in code, which takes precedence over the environment::
     with fastgpt.use_backend("triton"): ...
     with fastgpt.use_backend(attention="triton", qkv_projection="cuda"): ...
 
-A forced backend that cannot run a call raises :class:`BackendError` saying why; nothing falls
-back silently. :func:`backend_for` and :func:`report` tell which backend a call would use. Under
-``torch.compile`` the choice is made while tracing, so it is fixed in the compiled graph (Dynamo
-guards on the forced setting and recompiles if it changes).
+The forced settings live in a context variable, so threads and asyncio tasks each see their
+own. A forced backend that cannot run a call raises :class:`BackendError` saying why; nothing
+falls back silently. :func:`backend_for` and :func:`report` tell which backend a call would use.
+Under ``torch.compile`` the choice is made while tracing, so it is fixed in the compiled graph
+(Dynamo guards on the forced setting and recompiles if it changes).
 """
 import contextlib
+import contextvars
 import importlib.util
 import logging
 import os
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
 BACKENDS = ("reference", "triton", "cuda")
-OPS = ("layer_norm", "bias_gelu", "attention", "qkv_projection")
 log = logging.getLogger("fastgpt")
 
 
 class BackendError(RuntimeError):
-    """A forced backend cannot run the call, or a backend name is unknown."""
+    """A forced backend cannot run the call, or a backend or op name is unknown."""
 
 
-def _parse(spec: str, source: str) -> dict:
-    """'triton' -> {'*': 'triton'}; 'attention=triton,layer_norm=reference' -> per op."""
-    out = {}
+@dataclass(frozen=True)
+class OpSpec:
+    """One op as the policy sees it.
+
+    backends: the backends that implement the op (``reference`` always among them).
+    check(*args, **kwargs): raises on bad arguments, naming the argument and what was expected.
+    auto_order(*args, **kwargs): the backends ``auto`` tries for a call, best first.
+    why_not(name, *args, **kwargs): None when backend ``name`` (one of ``backends``) can run the
+        (checked) call, else the reason it cannot: the op's limits.
+    probe(device, dtype, B, T, C, H): arguments of a representative call, for :func:`report`.
+    """
+
+    name: str
+    backends: tuple
+    check: Callable
+    auto_order: Callable
+    why_not: Callable
+    probe: Callable
+
+
+_OPS: dict = {}
+
+
+def register(spec: OpSpec) -> OpSpec:
+    """Declare an op (each ops module does this once, at import)."""
+    if spec.name in _OPS:
+        raise RuntimeError(f"fastgpt op {spec.name!r} is registered twice")
+    if "reference" not in spec.backends or not set(spec.backends) <= set(BACKENDS):
+        raise RuntimeError(f"fastgpt op {spec.name!r}: backends {spec.backends} must include 'reference' and be among {BACKENDS}")
+    _OPS[spec.name] = spec
+    return spec
+
+
+def registered() -> tuple:
+    """The names of the registered ops."""
+    return tuple(_OPS)
+
+
+def _parse(spec: str, source: str) -> tuple:
+    """'triton' -> (('*', 'triton'),); 'attention=triton,layer_norm=reference' -> per op."""
+    out = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         op, _, name = part.rpartition("=")
         op = op.strip() or "*"
         name = name.strip()
         if name not in BACKENDS + ("auto",):
             raise BackendError(f"{source}: unknown backend {name!r}; expected one of {', '.join(BACKENDS + ('auto',))}")
-        if op != "*" and op not in OPS:
-            raise BackendError(f"{source}: unknown op {op!r}; expected one of {', '.join(OPS)}")
-        out[op] = name
-    return out
+        if op != "*" and op not in _OPS:
+            raise BackendError(f"{source}: unknown op {op!r}; expected one of {', '.join(_OPS)}")
+        out.append((op, name))
+    return tuple(out)
 
 
-_ENV = _parse(os.environ.get("FASTGPT_BACKEND", ""), "FASTGPT_BACKEND")
-_STACK: list = []
-TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+_ENV: dict = {}  # FASTGPT_BACKEND, parsed by check_environment()
+
+
+def check_environment():
+    """Read FASTGPT_BACKEND (raising BackendError on unknown names); called by ``fastgpt.ops``
+    once every op has registered, so the op names in it can be checked."""
+    _ENV.clear()
+    _ENV.update(_parse(os.environ.get("FASTGPT_BACKEND", ""), "FASTGPT_BACKEND"))
+
+
+_FORCED: contextvars.ContextVar = contextvars.ContextVar("fastgpt_forced_backends", default=())
 
 
 @contextlib.contextmanager
 def use_backend(default: str = None, **per_op: str):
     """Force a backend for every op (``default``) and/or for single ops (keyword per op)."""
-    spec = {}
-    if default is not None:
-        spec.update(_parse(default, "use_backend"))
+    spec = _parse(default, "use_backend") if default is not None else ()
     for op, name in per_op.items():
-        spec.update(_parse(f"{op}={name}", "use_backend"))
-    _STACK.append(spec)
+        spec += _parse(f"{op}={name}", "use_backend")
+    token = _FORCED.set(_FORCED.get() + (dict(spec),))
     try:
         yield
     finally:
-        _STACK.remove(spec)
+        _FORCED.reset(token)
 
 
 def forced(op: str):
     """The backend forced for ``op`` and where it was forced, or (None, None)."""
-    for spec in reversed(_STACK):
+    for spec in reversed(_FORCED.get()):
         for key in (op, "*"):
             if key in spec:
                 return spec[key], "use_backend"
@@ -88,12 +139,16 @@ def forced(op: str):
     return None, None
 
 
-def triton_why_not(t: torch.Tensor):
-    """Why the Triton kernels cannot run on tensors like ``t`` (None when they can)."""
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
+def triton_why_not(t: torch.Tensor, dtypes) -> Optional[str]:
+    """Why the Triton kernels cannot run on tensors like ``t`` (None when they can).
+    dtypes: the element types the kernel takes."""
     if not TRITON_INSTALLED:
         return "triton is not installed"
-    if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return f"the Triton kernels take float32, float16 or bfloat16, got {t.dtype}"
+    if t.dtype not in dtypes:
+        return f"the Triton kernels take {', '.join(str(d).replace('torch.', '') for d in dtypes)}, got {t.dtype}"
     if t.device.type == "cuda":
         return None
     if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
@@ -101,52 +156,49 @@ def triton_why_not(t: torch.Tensor):
     return f"Triton kernels need CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got a {t.device.type} tensor"
 
 
-def choose(op: str, why_not, auto_order) -> str:
-    """Pick the backend for one call.
+def _spec(op: str) -> OpSpec:
+    try:
+        return _OPS[op]
+    except KeyError:
+        raise BackendError(f"unknown op {op!r}; expected one of {', '.join(_OPS)}") from None
 
-    why_not(name) -> None if backend ``name`` can run this call, else the reason it cannot.
-    auto_order: the backends ``auto`` tries, best first; ``reference`` always runs.
-    """
+
+def _why_not(spec: OpSpec, name: str, args, kwargs) -> Optional[str]:
+    if name not in spec.backends:
+        return f"fastgpt.ops.{spec.name} has no {name!r} backend (it has: {', '.join(spec.backends)})"
+    return None if name == "reference" else spec.why_not(name, *args, **kwargs)
+
+
+def backend_for(op: str, *args, **kwargs) -> str:
+    """The backend ``fastgpt.ops.<op>(*args, **kwargs)`` runs on; raises :class:`BackendError`
+    when a forced backend cannot run the call (and the op's own errors on bad arguments)."""
+    spec = _spec(op)
+    spec.check(*args, **kwargs)
     name, source = forced(op)
     if name is not None and name != "auto":
-        reason = why_not(name)
+        reason = _why_not(spec, name, args, kwargs)
         if reason is not None:
             raise BackendError(f"fastgpt.ops.{op}: backend {name!r} was forced ({source}) but cannot run this call: {reason}")
     else:
-        name = next((b for b in auto_order if why_not(b) is None), "reference")
+        order = spec.auto_order(*args, **kwargs)
+        name = next((b for b in order if _why_not(spec, b, args, kwargs) is None), "reference")
     if not torch.compiler.is_compiling() and log.isEnabledFor(logging.DEBUG):
         log.debug("fastgpt.ops.%s -> %s", op, name)
     return name
 
 
 def report(device="cpu", dtype=torch.float32, **config) -> dict:
-    """Which backend each op would use for a GPT on ``device``/``dtype``, and why.
+    """Which backend each op would use for a GPT on ``device``/``dtype``.
 
     config: GPTConfig-like sizes (n_embd, n_head, block_size, batch) for the probe shapes.
     Returns {op: backend or 'error: ...'}.
     """
     C, H = config.get("n_embd", 768), config.get("n_head", 12)
     T, B = config.get("block_size", 64), config.get("batch", 2)
-    kw = dict(device=device, dtype=dtype)
-    x = torch.empty(B, T, C, **kw)
-    q = torch.empty(B, H, T, C // H, **kw)
-    calls = {
-        "layer_norm": (x, torch.empty(C, **kw), torch.empty(C, **kw)),
-        "bias_gelu": (torch.empty(B, T, 4 * C, **kw), torch.empty(4 * C, **kw)),
-        "attention": (q, q, q),
-        "qkv_projection": (x, torch.empty(3 * C, C, **kw), torch.empty(3 * C, **kw), H),
-    }
     out = {}
-    for op, args in calls.items():
+    for op, spec in _OPS.items():
         try:
-            out[op] = backend_for(op, *args)
+            out[op] = backend_for(op, *spec.probe(device, dtype, B, T, C, H))
         except BackendError as e:
             out[op] = f"error: {e}"
     return out
-
-
-def backend_for(op: str, *args, **kwargs) -> str:
-    """The backend ``fastgpt.ops.<op>(*args, **kwargs)`` would run on (raises if a forced one can't)."""
-    if op not in OPS:
-        raise BackendError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
-    return importlib.import_module(f"fastgpt.ops.{op}").backend(*args, **kwargs)

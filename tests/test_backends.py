@@ -30,10 +30,10 @@ def test_use_backend_forces_and_nests():
 
 def test_forced_backend_that_cannot_run_raises():
     with use_backend(layer_norm="cuda"):
-        with pytest.raises(BackendError, match="layer_norm: backend 'cuda' was forced.*no layer_norm kernel"):
+        with pytest.raises(BackendError, match=r"layer_norm: backend 'cuda' was forced.*has no 'cuda' backend \(it has: reference, triton\)"):
             fastgpt.ops.layer_norm(X, W, W)
     with use_backend(qkv_projection="triton"):
-        with pytest.raises(BackendError, match="no Triton qkv_projection kernel"):
+        with pytest.raises(BackendError, match="qkv_projection has no 'triton' backend"):
             fastgpt.ops.qkv_projection(X, torch.randn(24, 8), None, 2)
 
 
@@ -41,7 +41,7 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     q = torch.randn(1, 2, 4, 16)
     with use_backend("triton"):
-        with pytest.raises(BackendError, match="TRITON_INTERPRET=1|no Triton attention kernel"):
+        with pytest.raises(BackendError, match="TRITON_INTERPRET=1"):
             fastgpt.ops.attention(q, q, q)
 
 
@@ -49,7 +49,7 @@ def test_report_for_a_forced_backend_names_the_problem():
     with use_backend("cuda"):
         rep = fastgpt.report("cpu", n_embd=64, n_head=4)
     assert rep["qkv_projection"] == "cuda"
-    assert rep["layer_norm"].startswith("error:") and "no layer_norm kernel" in rep["layer_norm"]
+    assert rep["layer_norm"].startswith("error:") and "has no 'cuda' backend" in rep["layer_norm"]
 
 
 def test_model_config_backend_is_forced():
@@ -82,7 +82,7 @@ def test_environment_variable():
 def test_head_dim_outside_the_kernel_is_reported():
     q = torch.randn(1, 1, 4, 24)
     with use_backend("triton"):
-        with pytest.raises(BackendError, match="head dims|no Triton attention kernel"):
+        with pytest.raises(BackendError, match="head dims"):
             backend_for("attention", q, q, q)
 
 

@@ -8,7 +8,8 @@ def tensor(op, name, t, ndim=None, min_ndim=None):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"fastgpt.ops.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"fastgpt.ops.{op}: {name} must be a floating-point tensor (float32, float16, bfloat16; float64 on the reference backend), got {t.dtype}")
+        raise TypeError(f"fastgpt.ops.{op}: {name} must be a floating-point tensor "
+                        f"(float32, float16, bfloat16; float64 on the reference backend), got {t.dtype}")
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"fastgpt.ops.{op}: {name} must be {ndim}-d, got shape {tuple(t.shape)}")
     if min_ndim is not None and t.dim() < min_ndim:

@@ -1,19 +1,15 @@
 """fastgpt.ops.attention: causal flash-attention, Triton-fused on the ``triton`` backend."""
-import importlib.util
 import math
 
 import torch
 from torch import Tensor
 
-from fastgpt import reference
-from fastgpt.backends import choose, triton_why_not
+from fastgpt import backends, reference
+from fastgpt.kernels import limits
 from fastgpt.ops import _checks
 
-_HAS_KERNEL = importlib.util.find_spec("fastgpt.kernels.attention") is not None
-TRITON_HEAD_DIMS = (16, 32, 64, 128)
 
-
-def _check(q, k, v, dropout_p, scale):
+def _check(q, k, v, causal=True, dropout_p=0.0, scale=None):
     for name, t in (("q", q), ("k", k), ("v", v)):
         _checks.tensor("attention", name, t, ndim=4)
     B, H, Tq, D = q.shape
@@ -34,22 +30,23 @@ def _check(q, k, v, dropout_p, scale):
         raise ValueError(f"fastgpt.ops.attention: scale must be a positive finite number or None, got {scale}")
 
 
-def backend(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: float = 0.0, scale=None) -> str:
-    """The backend attention would run this call on."""
-    _check(q, k, v, dropout_p, scale)
+def _why_not(name, q, k, v, causal=True, dropout_p=0.0, scale=None):
+    if q.shape[-1] not in limits.ATTENTION_HEAD_DIMS:
+        return f"the Triton kernel supports head dims {limits.ATTENTION_HEAD_DIMS}, got {q.shape[-1]}"
+    if q.shape[0] * q.shape[1] > limits.ATTENTION_MAX_BATCH_HEADS:
+        return f"the Triton kernel supports B * n_head <= {limits.ATTENTION_MAX_BATCH_HEADS}, got {q.shape[0] * q.shape[1]}"
+    return backends.triton_why_not(q, limits.DTYPES)
 
-    def why_not(name):
-        if name == "reference":
-            return None
-        if name == "cuda":
-            return "fastgpt._C has no attention kernel; use 'triton' or 'reference'"
-        if not _HAS_KERNEL:
-            return "this build has no Triton attention kernel"
-        if q.shape[-1] not in TRITON_HEAD_DIMS:
-            return f"the Triton kernel supports head dims {TRITON_HEAD_DIMS}, got {q.shape[-1]}"
-        return triton_why_not(q)
 
-    return choose("attention", why_not, ("triton",) if q.is_cuda else ())
+def _probe(device, dtype, B, T, C, H):
+    q = torch.empty(B, H, T, C // H, device=device, dtype=dtype)
+    return q, q, q
+
+
+backends.register(backends.OpSpec(
+    name="attention", backends=("reference", "triton"), check=_check, why_not=_why_not, probe=_probe,
+    auto_order=lambda q, *args, **kwargs: ("triton",) if q.is_cuda else (),
+))
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: float = 0.0, scale=None) -> Tensor:
@@ -61,7 +58,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: f
     Dropout on the attention weights; its seed comes from torch's default generator, so
     ``torch.manual_seed`` makes it reproducible.
     """
-    name = backend(q, k, v, causal, dropout_p, scale)
+    name = backends.backend_for("attention", q, k, v, causal, dropout_p, scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if name == "reference":
         return reference.attention(q, k, v, causal, dropout_p, scale)

@@ -1,39 +1,35 @@
 """fastgpt.ops.bias_gelu: gelu(x + bias) in one pass on the ``triton`` backend."""
-import importlib.util
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from fastgpt import reference
-from fastgpt.backends import choose, triton_why_not
+from fastgpt import backends, reference
+from fastgpt.kernels import limits
 from fastgpt.ops import _checks
 
-_HAS_KERNEL = importlib.util.find_spec("fastgpt.kernels.bias_gelu") is not None
 APPROXIMATIONS = ("none", "tanh")
 
 
-def _check(x, bias, approximate):
+def _check(x, bias, approximate="none"):
     _checks.tensor("bias_gelu", "x", x, min_ndim=1)
     _checks.like("bias_gelu", "bias", bias, x, "x", (x.shape[-1],))
     if approximate not in APPROXIMATIONS:
         raise ValueError(f"fastgpt.ops.bias_gelu: approximate must be 'none' (exact erf) or 'tanh', got {approximate!r}")
 
 
-def backend(x: Tensor, bias: Optional[Tensor], approximate: str = "none") -> str:
-    """The backend bias_gelu would run this call on."""
-    _check(x, bias, approximate)
+def _why_not(name, x, bias, approximate="none"):
+    return backends.triton_why_not(x, limits.DTYPES)
 
-    def why_not(name):
-        if name == "reference":
-            return None
-        if name == "cuda":
-            return "fastgpt._C has no bias_gelu kernel; use 'triton' or 'reference'"
-        if not _HAS_KERNEL:
-            return "this build has no Triton bias_gelu kernel"
-        return triton_why_not(x)
 
-    return choose("bias_gelu", why_not, ("triton",) if x.is_cuda else ())
+def _probe(device, dtype, B, T, C, H):
+    return torch.empty(B, T, 4 * C, device=device, dtype=dtype), torch.empty(4 * C, device=device, dtype=dtype)
+
+
+backends.register(backends.OpSpec(
+    name="bias_gelu", backends=("reference", "triton"), check=_check, why_not=_why_not, probe=_probe,
+    auto_order=lambda x, *args, **kwargs: ("triton",) if x.is_cuda else (),
+))
 
 
 def bias_gelu(x: Tensor, bias: Optional[Tensor], approximate: str = "none") -> Tensor:
@@ -42,7 +38,7 @@ def bias_gelu(x: Tensor, bias: Optional[Tensor], approximate: str = "none") -> T
     approximate='none' is nanoGPT's exact-erf ``nn.GELU()``; 'tanh' the tanh approximation.
     bias is cast to x's dtype (an fp32 bias beside bf16 activations under autocast).
     """
-    name = backend(x, bias, approximate)
+    name = backends.backend_for("bias_gelu", x, bias, approximate)
     bias = _checks.cast(bias, x.dtype)
     if name == "reference":
         return reference.bias_gelu(x, bias, approximate)

@@ -1,40 +1,34 @@
 """fastgpt.ops.layer_norm: LayerNorm over the last dim, Triton-fused on the ``triton`` backend."""
-import importlib.util
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from fastgpt import reference
-from fastgpt.backends import choose, triton_why_not
+from fastgpt import backends, reference
+from fastgpt.kernels import limits
 from fastgpt.ops import _checks
 
-_HAS_KERNEL = importlib.util.find_spec("fastgpt.kernels.layer_norm") is not None
-MAX_TRITON_WIDTH = 8192  # = fastgpt.kernels.layer_norm.MAX_N: the kernel keeps a row on-chip
 
-
-def _check(x, weight, bias):
+def _check(x, weight, bias, eps=1e-5):
     _checks.tensor("layer_norm", "x", x, min_ndim=1)
     _checks.like("layer_norm", "weight", weight, x, "x", (x.shape[-1],))
     _checks.like("layer_norm", "bias", bias, x, "x", (x.shape[-1],))
 
 
-def backend(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float = 1e-5) -> str:
-    """The backend layer_norm would run this call on."""
-    _check(x, weight, bias)
+def _why_not(name, x, weight, bias, eps=1e-5):
+    if x.shape[-1] > limits.LAYER_NORM_MAX_N:  # the kernel keeps a row on-chip
+        return f"the Triton kernel supports widths up to {limits.LAYER_NORM_MAX_N}, got {x.shape[-1]}"
+    return backends.triton_why_not(x, limits.DTYPES)
 
-    def why_not(name):
-        if name == "reference":
-            return None
-        if name == "cuda":
-            return "fastgpt._C has no layer_norm kernel; use 'triton' or 'reference'"
-        if not _HAS_KERNEL:
-            return "this build has no Triton layer_norm kernel"
-        if x.shape[-1] > MAX_TRITON_WIDTH:
-            return f"the Triton kernel supports widths up to {MAX_TRITON_WIDTH}, got {x.shape[-1]}"
-        return triton_why_not(x)
 
-    return choose("layer_norm", why_not, ("triton",) if x.is_cuda else ())
+def _probe(device, dtype, B, T, C, H):
+    return torch.empty(B, T, C, device=device, dtype=dtype), torch.empty(C, device=device, dtype=dtype), torch.empty(C, device=device, dtype=dtype)
+
+
+backends.register(backends.OpSpec(
+    name="layer_norm", backends=("reference", "triton"), check=_check, why_not=_why_not, probe=_probe,
+    auto_order=lambda x, *args, **kwargs: ("triton",) if x.is_cuda else (),
+))
 
 
 def layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float = 1e-5) -> Tensor:
@@ -43,7 +37,7 @@ def layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps:
     Statistics are computed in fp32. Matches ``F.layer_norm(x, (C,), weight, bias, eps)``;
     weight and bias are cast to x's dtype (as they are for bf16 activations under autocast).
     """
-    name = backend(x, weight, bias, eps)
+    name = backends.backend_for("layer_norm", x, weight, bias, eps)
     weight, bias = _checks.cast(weight, x.dtype), _checks.cast(bias, x.dtype)
     if name == "reference":
         return reference.layer_norm(x, weight, bias, eps)

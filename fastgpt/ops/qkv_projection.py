@@ -9,8 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastgpt import reference
-from fastgpt.backends import choose
+from fastgpt import backends, reference
 from fastgpt.ops import _checks
 
 try:
@@ -29,25 +28,26 @@ def _check(x, weight, bias, n_head):
     _checks.like("qkv_projection", "bias", bias, x, "x", (3 * C,))
 
 
-def backend(x: Tensor, weight: Tensor, bias: Optional[Tensor], n_head: int) -> str:
-    """The backend qkv_projection would run this call on."""
-    _check(x, weight, bias, n_head)
+def _why_not(name, x, weight, bias, n_head):
+    if _C is None:
+        return EXTENSION_ERROR
+    if x.is_cuda and not _C.cuda_built():
+        return "fastgpt._C was built without its CUDA part (FASTGPT_SKIP_CUDA_BUILD or no nvcc)"
+    if x.device.type not in ("cpu", "cuda"):
+        return f"fastgpt._C runs on cpu and cuda tensors, got {x.device.type}"
+    return None
 
-    def why_not(name):
-        if name == "reference":
-            return None
-        if name == "triton":
-            return "there is no Triton qkv_projection kernel; use 'cuda' or 'reference'"
-        if _C is None:
-            return EXTENSION_ERROR
-        if x.is_cuda and not _C.cuda_built():
-            return "fastgpt._C was built without its CUDA part (FASTGPT_SKIP_CUDA_BUILD or no nvcc)"
-        if x.device.type not in ("cpu", "cuda"):
-            return f"fastgpt._C runs on cpu and cuda tensors, got {x.device.type}"
-        return None
 
+def _probe(device, dtype, B, T, C, H):
+    kw = dict(device=device, dtype=dtype)
+    return torch.empty(B, T, C, **kw), torch.empty(3 * C, C, **kw), torch.empty(3 * C, **kw), H
+
+
+backends.register(backends.OpSpec(
+    name="qkv_projection", backends=("reference", "cuda"), check=_check, why_not=_why_not, probe=_probe,
     # auto keeps cuBLAS (reference) until the fused CUDA kernel measures faster.
-    return choose("qkv_projection", why_not, ())
+    auto_order=lambda *args, **kwargs: (),
+))
 
 
 def qkv_projection(x: Tensor, weight: Tensor, bias: Optional[Tensor], n_head: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -56,7 +56,7 @@ def qkv_projection(x: Tensor, weight: Tensor, bias: Optional[Tensor], n_head: in
     weight and bias are nanoGPT's ``attn.c_attn`` parameters, unchanged. Under autocast the
     extension path computes in the autocast dtype, as ``F.linear`` does; otherwise in x's dtype.
     """
-    name = backend(x, weight, bias, n_head)
+    name = backends.backend_for("qkv_projection", x, weight, bias, n_head)
     if name == "reference":
         return reference.qkv_projection(x, weight, bias, n_head)
     dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
