@@ -12,17 +12,12 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from fastgpt.hardware import gpu_peaks  # noqa: E402  (after TRITON_INTERPRET, like every fastgpt import here)
+
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 SHORT = os.environ.get("FASTGPT_BENCH_SHORT") == "1"
 
-# name substring -> (HBM bytes/s, dense bf16 tensor-core FLOP/s), from the vendors' datasheets.
-PEAKS = [
-    ("H200", 4.8e12, 989e12),
-    ("H100 PCIe", 2.0e12, 756e12),
-    ("H100", 3.35e12, 989e12),
-    ("A100", 2.0e12, 312e12),
-    ("L40S", 0.864e12, 362e12),
-]
 _ROWS = []
 _BASE = {}
 
@@ -33,11 +28,7 @@ def device_name():
 
 def peaks():
     """(bytes/s, flop/s) of this GPU, or (None, None) when unknown or on the CPU."""
-    name = device_name()
-    for key, bw, flops in PEAKS:
-        if key in name:
-            return bw, flops
-    return None, None
+    return gpu_peaks(device_name()) if HAS_CUDA else (None, None)
 
 
 def sync():

@@ -7,7 +7,6 @@ benchmarks recorded); the chart shows each case's speedup over its baseline prov
 """
 import argparse
 import json
-import os
 import sys
 
 COLUMNS = ["median ms", "tokens/s", "TFLOP/s", "GB/s", "frac_peak_flops", "frac_peak_bw", "speedup", "mfu", "peak_mem_MiB"]

@@ -7,7 +7,9 @@ Importing fastgpt queries no GPU and compiles nothing; kernels compile on first 
 """
 from fastgpt import ops, reference
 from fastgpt.backends import BackendError, backend_for, report, use_backend
-from fastgpt.model import GPT, PRESETS, GPTConfig, clean_state_dict
+from fastgpt.checkpoint import clean_state_dict
+from fastgpt.model import GPT, GPTConfig
+from fastgpt.presets import PRESETS
 
 __version__ = "0.1.0"
 __all__ = ["GPT", "GPTConfig", "PRESETS", "BackendError", "backend_for", "clean_state_dict", "ops", "reference", "report", "use_backend"]

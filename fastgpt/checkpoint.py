@@ -1,22 +1,48 @@
-"""Checkpoints: atomic saves, careful loads, and a GPT rebuilt from a checkpoint.
+"""Checkpoints: the format, atomic saves, careful loads, the resume policy, a GPT rebuilt.
 
 The file is nanoGPT's ``ckpt.pt`` layout (``model``, ``optimizer``, ``model_args``,
 ``iter_num``, ``best_val_loss``, ``config``) plus fastgpt's resume state (``scaler``, ``rng``,
-``meta``: the tokenizer). nanoGPT's sample.py reads it, and ``GPT.from_pretrained`` reads
-nanoGPT's.
+``meta``: the tokenizer, ``format``). nanoGPT's sample.py reads it, and ``GPT.from_pretrained``
+reads nanoGPT's. Everything this project knows about that format is in this module: the model
+arguments, the state-dict key mapping, what is saved and restored, and when a run resumes.
 """
 import os
 
 import torch
 
 from fastgpt._io import atomic_write
-from fastgpt.model import GPT, GPTConfig, clean_state_dict
+from fastgpt.model import GPT, GPTConfig
 
+FORMAT = "fastgpt-1"
+# nanoGPT's model_args: the GPTConfig fields that fix the weights' shapes (and dropout).
 MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
+_COMPILE_PREFIX = "_orig_mod."
 
 
 class CheckpointError(ValueError):
     """A missing, corrupt, truncated or foreign checkpoint. The message names the fix."""
+
+
+def clean_state_dict(state_dict):
+    """Strip torch.compile's ``_orig_mod.`` prefix and drop nanoGPT's non-flash mask buffers
+    (``attn.bias``: a causal mask, not a parameter, present only in old checkpoints)."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith(_COMPILE_PREFIX):
+            key = key[len(_COMPILE_PREFIX) :]
+        if key.endswith(".attn.bias") or key.endswith(".attn.masked_bias"):
+            continue
+        out[key] = value
+    return out
+
+
+def model_args(config):
+    """The ``model_args`` entry for a GPTConfig."""
+    return {k: getattr(config, k) for k in MODEL_ARGS}
+
+
+# ---------------------------------------------------------------------------------------------
+# files
 
 
 def save(obj, path):
@@ -51,6 +77,10 @@ def load(path, map_location="cpu"):
     return ckpt
 
 
+# ---------------------------------------------------------------------------------------------
+# models
+
+
 def check_model_args(ckpt, wanted, path, hint="drop those settings, or train a new model in another --out_dir"):
     """Raise if ``wanted`` (model config values) contradicts the checkpoint's architecture."""
     args = ckpt["model_args"]
@@ -79,3 +109,54 @@ def model_from_checkpoint(ckpt, path="checkpoint", **overrides):
         raise CheckpointError(f"checkpoint {path} does not fit a GPT with {args} ({detail}); it is from another "
                               f"architecture: use a fastgpt/nanoGPT GPT checkpoint") from None
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# training runs: what is saved, what is restored, and when a run resumes
+
+
+def training_checkpoint(model, optimizer, scaler, iter_num, best_val_loss, config, meta, rngs):
+    """The dict a training run saves. config: the run's settings (a plain dict); meta: the
+    tokenizer; rngs: one {'torch', 'cuda'} RNG state per process."""
+    return {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+        "model_args": model_args(model.config), "iter_num": iter_num, "best_val_loss": best_val_loss,
+        "config": config, "meta": meta, "rng": rngs, "format": FORMAT,
+    }
+
+
+def restore_training(ckpt, optimizer, scaler):
+    """Load the optimizer and grad-scaler states; returns (iter_num, best_val_loss, rngs)."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    return int(ckpt["iter_num"]), float(ckpt.get("best_val_loss", float("inf"))), ckpt.get("rng") or []
+
+
+def start_or_resume(settings, explicit, out_dir, resume, overwrite, eval_only):
+    """The resume policy. Returns (settings, checkpoint or None).
+
+    settings: the run's settings as a dict (preset, file and command line merged); explicit:
+    the keys the user set. A run resumes when asked (``--resume``) or when it only evaluates an
+    existing checkpoint. Resuming takes the saved settings, overridden by the explicit ones,
+    and refuses explicit model or data settings that contradict the checkpoint. A new run
+    never replaces an existing checkpoint unless ``overwrite`` says so.
+    """
+    path = os.path.join(out_dir, "ckpt.pt")
+    if not (resume or (eval_only and os.path.isfile(path))):
+        if os.path.exists(path) and not overwrite and not eval_only:
+            raise CheckpointError(f"{path} already exists; pass --resume to continue that run, --overwrite to replace it, "
+                                  f"or choose another --out_dir")
+        return settings, None
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--resume: no checkpoint at {path}; run without --resume to start, or pass the run's --out_dir")
+    ckpt = load(path, map_location="cpu")
+    saved = ckpt.get("config", {})
+    wanted = {k: settings[k] for k in MODEL_ARGS if k in explicit and k in settings}
+    check_model_args(ckpt, wanted, path, hint="resume without those settings, or start a new run in another --out_dir")
+    for key in ("data", "tokenizer"):
+        if key in explicit and key in saved and settings[key] != saved[key]:
+            raise CheckpointError(f"checkpoint {path} was trained on {key}={saved[key]!r}, not {settings[key]!r}; "
+                                  f"resume without --{key}, or start a new run in another --out_dir")
+    merged = {**settings, **{k: v for k, v in saved.items() if k in settings}, **explicit, "out_dir": out_dir}
+    return merged, ckpt

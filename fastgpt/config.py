@@ -4,7 +4,8 @@ A run's settings are one flat dict of the keys in ``TrainConfig`` (nanoGPT's tra
 plus a few). They are filled in this order, later wins:
 
 1. the preset (``--preset NAME``, or a config file's ``preset`` key; default
-   ``shakespeare-char-small`` on a CPU machine, ``shakespeare-char`` with a GPU),
+   ``shakespeare-char-small`` on a CPU machine, ``shakespeare-char`` with a GPU; see
+   ``fastgpt.presets``),
 2. a config file (``--config FILE`` or a bare ``FILE`` argument): a Python file holding a dict
    literal or nanoGPT-style ``key = value`` lines, a ``.toml``, ``.json``, or ``.yaml`` file
    (YAML needs PyYAML). Python files are parsed with ``ast``, never executed;
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+from fastgpt.presets import PRESETS
 
 
 class ConfigError(ValueError):
@@ -92,30 +95,6 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"bad config: {msg}")
         return self
-
-
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout")
-
-# Named training presets: overrides of TrainConfig's defaults.
-PRESETS = {
-    # The CPU main job: nanoGPT's shakespeare_char config shrunk as its README suggests for a
-    # laptop (4 layers, 4 heads, 128 dims, context 64, batch 12, 2000 iterations, no dropout).
-    "shakespeare-char-small": dict(out_dir="out/shakespeare-char-small"),
-    # nanoGPT's config/train_shakespeare_char.py: the GPU default.
-    "shakespeare-char": dict(
-        out_dir="out/shakespeare-char", eval_interval=250, eval_iters=200, log_interval=10,
-        batch_size=64, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2,
-        learning_rate=1e-3, max_iters=5000, lr_decay_iters=5000, min_lr=1e-4, beta2=0.99, warmup_iters=100,
-    ),
-    # nanoGPT's GPT-2 124M recipe (config/train_gpt2.py) on your own text with the GPT-2 BPE:
-    # ~0.5M tokens per iteration over 8 GPUs (12 x 1024 x 40 accumulation steps).
-    "gpt2": dict(
-        out_dir="out/gpt2", tokenizer="gpt2", eval_interval=1000, eval_iters=200, log_interval=10,
-        batch_size=12, block_size=1024, gradient_accumulation_steps=40, n_layer=12, n_head=12, n_embd=768,
-        dropout=0.0, bias=True, learning_rate=6e-4, max_iters=600000, lr_decay_iters=600000, min_lr=6e-5,
-        weight_decay=1e-1, beta1=0.9, beta2=0.95, warmup_iters=2000,
-    ),
-}
 
 
 def default_preset():
@@ -204,6 +183,8 @@ def _convert(key, raw, default_type):
 
 FLAGS = ("resume", "overwrite")  # command-line switches that are not config keys
 _BOOL_WORDS = ("1", "true", "yes", "on", "0", "false", "no", "off")
+
+
 def _key_type(key):
     """int, float, str or bool: the key's annotation, with Optional[...] unwrapped."""
     t = next(f for f in dataclasses.fields(TrainConfig) if f.name == key).type
@@ -272,7 +253,7 @@ def build(argv=(), extra=None):
     _check_keys(file_values, config_path)
     _check_keys(cli, "the command line")
     explicit = {**_coerce(file_values, config_path), **_coerce(cli, "the command line"), **(extra or {})}
-    values = {**PRESETS[preset], **explicit}
+    values = {**{k: v for k, v in PRESETS[preset].items() if k in valid_keys()}, **explicit}
     cfg = TrainConfig(**values).validate()
     return cfg, explicit, preset, flags
 

@@ -13,8 +13,9 @@ import argparse
 
 import torch
 
-from fastgpt.backends import report
-from fastgpt.model import GPT, PRESETS, GPTConfig
+from fastgpt.backends import registered, report
+from fastgpt.model import GPT, GPTConfig
+from fastgpt.presets import PRESETS
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -46,7 +47,7 @@ def describe(config, batch=1, context=None, device="cpu", dtype="float32"):
     try:
         backends = report(device, getattr(torch, dtype), n_embd=C, n_head=H, block_size=T, batch=B)
     except Exception as e:  # e.g. a device that does not exist here
-        backends = {op: f"unavailable ({type(e).__name__}: {e})" for op in ("layer_norm", "bias_gelu", "attention", "qkv_projection")}
+        backends = {op: f"unavailable ({type(e).__name__}: {e})" for op in registered()}
 
     rows = [
         ("tokens idx", f"[B, T] = [{B}, {T}]", "", "int64 token ids"),

@@ -22,6 +22,7 @@ import sys
 import torch
 
 from fastgpt import checkpoint
+from fastgpt._io import atomic_write
 from fastgpt.checkpoint import CheckpointError
 from fastgpt.model import GPT, GPTConfig
 
@@ -66,16 +67,13 @@ def write_safetensors(tensors, path, metadata=None):
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     h = json.dumps(header, separators=(",", ":")).encode()
     h += b" " * (-len(h) % 8)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(h)) + h)
-            for b in chunks:
-                f.write(b)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    def write(f):
+        f.write(struct.pack("<Q", len(h)) + h)
+        for b in chunks:
+            f.write(b)
+
+    atomic_write(path, write)
 
 
 def _hf_config(path):
@@ -102,8 +100,7 @@ def load_hf(path, **overrides):
             raise CheckpointError(f"{binf} is corrupt or truncated ({type(e).__name__}); re-download or re-export it") from None
     else:
         raise CheckpointError(f"{path} has config.json but neither model.safetensors nor pytorch_model.bin; copy the weights file there")
-    sd = {k[len("transformer."):] if k.startswith("transformer.") else k: v for k, v in sd.items()}
-    sd = {k: v for k, v in sd.items() if not (k.endswith(".attn.bias") and v.dim() == 4) and not k.endswith(".attn.masked_bias")}
+    sd = checkpoint.clean_state_dict({k[len("transformer."):] if k.startswith("transformer.") else k: v for k, v in sd.items()})
     n_embd = hf.get("n_embd", 768)
     config = GPTConfig(**{
         "n_layer": hf.get("n_layer", 12), "n_head": hf.get("n_head", 12), "n_embd": n_embd,
@@ -187,10 +184,7 @@ def export(model, out_dir, safetensors=True, overwrite=False):
         write_safetensors(sd, weights, {"format": "pt"})
     else:
         checkpoint.save(sd, weights)
-    tmp = os.path.join(out_dir, f".config.json.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(hf_config, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, "config.json"))
+    atomic_write(os.path.join(out_dir, "config.json"), lambda f: f.write(json.dumps(hf_config, indent=2).encode()))
     return out_dir
 
 

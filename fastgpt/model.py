@@ -7,6 +7,7 @@ they can (see ``fastgpt.backends``). References:
 2) OpenAI's GPT-2 and Hugging Face's GPT2LMHeadModel, whose weights it can hold.
 """
 import contextlib
+import dataclasses
 import inspect
 import math
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from torch.nn import functional as F
 
 from fastgpt import ops
 from fastgpt.backends import BACKENDS, use_backend
+from fastgpt.presets import PRESETS
 
 
 class LayerNorm(nn.Module):
@@ -34,7 +36,6 @@ class LayerNorm(nn.Module):
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
         # key, query, value projections for all heads, in a batch
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         # output projection
@@ -42,7 +43,6 @@ class CausalSelfAttention(nn.Module):
         # regularization
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
-        self.n_embd = config.n_embd
         self.dropout = config.dropout
 
     def forward(self, x, kv_cache=None, layer=0):
@@ -139,30 +139,16 @@ class GPTConfig:
 
     @classmethod
     def from_preset(cls, name, **overrides):
-        """A named preset (see PRESETS) with field overrides."""
+        """A named preset's model (see fastgpt.presets) with field overrides."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
-
-
-PRESETS = {
-    # OpenAI's GPT-2 family (Hugging Face names), as nanoGPT's from_pretrained sets them.
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024, bias=True),  # 124M
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, vocab_size=50257, block_size=1024, bias=True),  # 350M
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024, bias=True),  # 774M
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, vocab_size=50257, block_size=1024, bias=True),  # 1558M
-    # Character-level Shakespeare: nanoGPT's shakespeare_char config (a GPU run), and a small one
-    # that trains on a CPU in minutes. vocab_size is the embedded corpus' 84 characters.
-    "shakespeare-char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=False, vocab_size=84),
-    "shakespeare-char-small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False, vocab_size=84),
-}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in PRESETS[name].items() if k in fields}, **overrides})
 
 
 class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
-        assert config.vocab_size is not None
-        assert config.block_size is not None
         self.config = config
 
         self.transformer = nn.ModuleDict(
@@ -175,10 +161,6 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # with weight tying when using torch.compile() some warnings get generated:
-        # "UserWarning: functional_call was passed multiple values for tied weights.
-        # This behavior is deprecated and will be an error in future versions"
-        # not 100% sure what this is, so far seems to be harmless. TODO investigate
         self.transformer.wte.weight = self.lm_head.weight  # https://paperswithcode.com/method/weight-tying
 
         # init all weights
@@ -249,9 +231,6 @@ class GPT(nn.Module):
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
-        for block in self.transformer.h:
-            if hasattr(block.attn, "bias"):
-                block.attn.bias = block.attn.bias[:, :, :block_size, :block_size]
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # start with all of the candidate parameters
@@ -267,7 +246,7 @@ class GPT(nn.Module):
             {"params": nodecay_params, "weight_decay": 0.0},
         ]
         # Create AdamW optimizer and use the fused version if it is available
-        # (fastgpt: on the CPU too, where torch >= 2.4 has it: a 6x faster step than foreach)
+        # (fastgpt: on the CPU too, where torch >= 2.4 has it and it beats foreach)
         fused_available = "fused" in inspect.signature(torch.optim.AdamW).parameters
         use_fused = fused_available and device_type in ("cuda", "cpu")
         extra_args = dict(fused=True) if use_fused else dict()
@@ -327,6 +306,10 @@ class GPT(nn.Module):
         """A freshly initialised GPT of a named preset (see PRESETS), with config overrides."""
         return cls(GPTConfig.from_preset(name, **overrides))
 
+    # nanoGPT's entry points for other people's weights. The formats live above the model
+    # (fastgpt.hf, fastgpt.checkpoint), so these two methods import them when called: the one
+    # exception to the downward-only imports (scripts/import_graph.py lists it as deferred).
+
     @classmethod
     def from_pretrained(cls, path, override_args=None, **overrides):
         """GPT-2 weights from a local Hugging Face directory, or a nanoGPT/fastgpt ckpt.pt;
@@ -337,20 +320,6 @@ class GPT(nn.Module):
 
     def load_nanogpt_state_dict(self, state_dict, strict=True):
         """Load a nanoGPT (or fastgpt) state_dict, also one saved from a torch.compile'd model."""
+        from fastgpt.checkpoint import clean_state_dict
+
         return self.load_state_dict(clean_state_dict(state_dict), strict=strict)
-
-
-_COMPILE_PREFIX = "_orig_mod."
-
-
-def clean_state_dict(state_dict):
-    """Strip torch.compile's ``_orig_mod.`` prefix and drop nanoGPT's non-flash mask buffers
-    (``attn.bias``: a causal mask, not a parameter, present only in old checkpoints)."""
-    out = {}
-    for key, value in state_dict.items():
-        if key.startswith(_COMPILE_PREFIX):
-            key = key[len(_COMPILE_PREFIX) :]
-        if key.endswith(".attn.bias") or key.endswith(".attn.masked_bias"):
-            continue
-        out[key] = value
-    return out

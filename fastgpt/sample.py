@@ -11,7 +11,6 @@ without one is taken as GPT-2 BPE when its vocabulary is GPT-2's). Tokens come f
 context keeps its last block_size tokens, with a notice.
 """
 import argparse
-import contextlib
 import sys
 
 import torch
@@ -19,7 +18,7 @@ import torch
 from fastgpt import checkpoint
 from fastgpt.checkpoint import CheckpointError
 from fastgpt.data import DataError, GPT2Tokenizer, tokenizer_from_meta
-from fastgpt.train import TrainError, resolve_device, resolve_dtype
+from fastgpt.runtime import TrainError, autocast, resolve_device, resolve_dtype
 
 STREAM_CHUNK = 8  # tokens per generate() call while streaming
 
@@ -76,7 +75,7 @@ def sample(ckpt_path, prompt="", max_new_tokens=500, temperature=0.8, top_k=200,
         print(f"note: the prompt is {len(ids)} tokens, longer than the model's context of {block}; "
               f"keeping its last {block} tokens", file=err)
         ids = ids[-block:]
-    ctx = contextlib.nullcontext() if ptdtype == torch.float32 else torch.autocast(dev.type, dtype=ptdtype)
+    ctx = autocast(dev, ptdtype)
     torch.manual_seed(seed)
     if dev.type == "cuda":
         torch.cuda.manual_seed(seed)
