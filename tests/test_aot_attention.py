@@ -10,8 +10,8 @@ compiled here is what runs.
 """
 import pytest
 import torch
-from aot import SHARED_LIMIT, assert_fits, compile_for_target
 
+from aot import SHARED_LIMIT, assert_fits, compile_for_target
 from fastgpt.kernels import attention as A
 
 T = 1024

@@ -2,8 +2,8 @@
 launch configs the launchers pick at GPT-2 shapes: no register spills, shared memory within
 the per-block limit. Runs on the CPU machine (see tests/aot.py)."""
 import pytest
-from aot import assert_fits, compile_for_target
 
+from aot import assert_fits, compile_for_target
 from fastgpt.kernels import _reduce, bias_gelu, layer_norm
 
 ARCHS = (80, 90)

@@ -11,8 +11,7 @@ from fastgpt.checkpoint import CheckpointError
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
-def tiny(bias=True, seed=0):
-    torch.manual_seed(seed)
+def tiny(bias=True):
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=12, vocab_size=50, bias=bias)).eval()
     with torch.no_grad():  # non-trivial biases and norms, so a missed transpose or key shows
         for p in model.parameters():

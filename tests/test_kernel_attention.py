@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tolerances import assert_2x_rule
 
 from fastgpt.kernels.attention import attention_bwd, attention_fwd, dropout_mask
+from helpers import assert_2x_rule
 
 
 def _causal_mask(Tq, Tk, device):

@@ -2,9 +2,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tolerances import assert_2x_rule
 
 from fastgpt.kernels.bias_gelu import bias_gelu_bwd, bias_gelu_fwd
+from helpers import assert_2x_rule
 
 
 def make_2d(rows, N, dtype, layout, device, scale=1.0):

@@ -2,9 +2,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tolerances import assert_2x_rule
 
 from fastgpt.kernels.layer_norm import MAX_N, layer_norm_bwd, layer_norm_fwd
+from helpers import assert_2x_rule
 
 EPS = 1e-5
 

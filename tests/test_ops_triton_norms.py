@@ -1,64 +1,42 @@
 """fastgpt.ops.layer_norm and bias_gelu on the triton backend: the kernels through the public
 ops (torch.library registration, fake functions, autograd), inside the model and under
 torch.compile(fullgraph=True)."""
+import copy
+
 import pytest
 import torch
 
 import fastgpt
-from conftest import DEVICE
 from fastgpt import ops, reference
-from tolerances import assert_2x_rule
+from helpers import DEVICE, assert_same_grads, check_2x_rule, randn
 
 pytest.importorskip("triton")
 
 
-def _grads(fn, inputs, dy):
-    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
-    y = fn()
-    return y, torch.autograd.grad(y, leaves, dy.to(y.dtype))
-
-
-def _leaf(t, dtype):
-    return None if t is None else t.detach().to(DEVICE, dtype).requires_grad_()
+def _through(op, **backend):
+    """run(inputs, kernel) for check_2x_rule: ``op`` on the triton backend or the reference."""
+    def run(xs, kernel):
+        with fastgpt.use_backend(**{name: "triton" if kernel else "reference" for name in backend}):
+            return op(*xs)
+    return run
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("affine", [True, False])
 def test_layer_norm_op(dtype, affine):
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(3, 17, 2 * 96, generator=g)[..., ::2] * 2 + 0.5  # (3, 17, 96), strided
-    w0 = torch.randn(96, generator=g) if affine else None
-    b0 = torch.randn(96, generator=g) if affine else None
-    dy = torch.randn(3, 17, 96, generator=g).to(DEVICE)
-    results = {}
-    for key, prec, backend in (("out", dtype, "triton"), ("plain", dtype, "reference"), ("oracle", torch.float32, "reference")):
-        x, w, b = _leaf(x0, prec), _leaf(w0, prec), _leaf(b0, prec)
-        with fastgpt.use_backend(layer_norm=backend):
-            results[key] = _grads(lambda: ops.layer_norm(x, w, b), (x, w, b), dy)
-    (y, gs), (py, pgs), (oy, ogs) = results["out"], results["plain"], results["oracle"]
-    assert y.dtype == dtype
-    assert_2x_rule("y", y, py, oy, dtype)
-    for name, a, p, o in zip(["dx", "dweight", "dbias"], gs, pgs, ogs):
-        assert_2x_rule(name, a, p, o, dtype)
+    x = randn(3, 17, 2 * 96, scale=2, shift=0.5)[..., ::2]  # (3, 17, 96), strided
+    w, b = (randn(96), randn(96)) if affine else (None, None)
+    check_2x_rule(_through(lambda x, w, b: ops.layer_norm(x, w, b), layer_norm=1), (x, w, b), randn(3, 17, 96), dtype,
+                  ("y", "dx", "dweight", "dbias"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_bias_gelu_op(dtype, approximate, with_bias):
-    g = torch.Generator().manual_seed(1)
-    x0 = torch.randn(2, 9, 300, generator=g) * 3
-    b0 = torch.randn(300, generator=g) if with_bias else None
-    dy = torch.randn(2, 9, 300, generator=g).to(DEVICE)
-    results = {}
-    for key, prec, backend in (("out", dtype, "triton"), ("plain", dtype, "reference"), ("oracle", torch.float32, "reference")):
-        x, b = _leaf(x0, prec), _leaf(b0, prec)
-        with fastgpt.use_backend(bias_gelu=backend):
-            results[key] = _grads(lambda: ops.bias_gelu(x, b, approximate), (x, b), dy)
-    (y, gs), (py, pgs), (oy, ogs) = results["out"], results["plain"], results["oracle"]
-    assert_2x_rule("y", y, py, oy, dtype)
-    for name, a, p, o in zip(["dx", "dbias"], gs, pgs, ogs):
-        assert_2x_rule(name, a, p, o, dtype)
+    x, b = randn(2, 9, 300, scale=3), randn(300) if with_bias else None
+    check_2x_rule(_through(lambda x, b: ops.bias_gelu(x, b, approximate), bias_gelu=1), (x, b), randn(2, 9, 300), dtype,
+                  ("y", "dx", "dbias"))
 
 
 def test_fp32_parameters_with_half_activations():
@@ -81,7 +59,6 @@ def test_report_on_cuda_tensors_picks_triton():
 
 
 def _model():
-    torch.manual_seed(0)
     return fastgpt.GPT(fastgpt.GPTConfig(block_size=16, vocab_size=23, n_layer=1, n_head=2, n_embd=32)).to(DEVICE)
 
 
@@ -90,19 +67,19 @@ def test_model_uses_the_kernels_and_matches_reference():
     with fastgpt.use_backend(layer_norm="triton", bias_gelu="triton"):
         loss = model(idx, idx)[1]
     loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
+    ref_model = copy.deepcopy(model)
+    ref_model.zero_grad()
     with fastgpt.use_backend("reference"):
-        ref = model(idx, idx)[1]
+        ref = ref_model(idx, idx)[1]
     ref.backward()
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-5, msg=n)
+    assert_same_grads(model, ref_model, rtol=1e-4, atol=1e-5)
 
 
 def test_kernels_called(monkeypatch):
     """The triton backend really launches the kernels (no silent reference path)."""
-    from fastgpt.kernels import bias_gelu as bg, layer_norm as ln
+    from fastgpt.kernels import bias_gelu as bg
+    from fastgpt.kernels import layer_norm as ln
 
     calls = []
     for mod, names in ((ln, ("layer_norm_fwd", "layer_norm_bwd")), (bg, ("bias_gelu_fwd", "bias_gelu_bwd"))):
@@ -126,11 +103,9 @@ def test_compile_fullgraph_with_the_kernels():
     torch.testing.assert_close(loss, eager)
 
 
-def test_width_limit_matches_the_kernel():
-    from fastgpt.kernels.layer_norm import MAX_N
-    from fastgpt.ops.layer_norm import MAX_TRITON_WIDTH
+def test_width_limit_is_refused_before_the_kernel():
+    from fastgpt.kernels.limits import LAYER_NORM_MAX_N
 
-    assert MAX_TRITON_WIDTH == MAX_N
-    x = torch.randn(1, MAX_N + 1)
+    x = torch.randn(1, LAYER_NORM_MAX_N + 1)
     with fastgpt.use_backend(layer_norm="triton"), pytest.raises(fastgpt.BackendError, match="widths up to"):
         ops.layer_norm(x, None, None)

@@ -8,10 +8,9 @@ import subprocess
 import pytest
 import torch
 
-from conftest import DEVICE, HAS_CUDA
 from fastgpt import reference, use_backend
 from fastgpt.ops import qkv_projection
-from tolerances import assert_2x_rule
+from helpers import DEVICE, HAS_CUDA, assert_2x_rule
 
 _C = pytest.importorskip("fastgpt._C")
 
@@ -110,7 +109,7 @@ def test_cuda_part_was_built_with_sm80_and_sm90_device_code():
     usage = subprocess.run([tool, "--dump-resource-usage", _C.__file__], capture_output=True, text=True, check=True).stdout
     kernels = re.findall(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
     assert any("qkv_projection_tc_kernel" in k[0] for k in kernels), "the tensor-core kernel is missing"
-    for name, regs, stack, shared, local in kernels:
+    for name, regs, stack, _shared, local in kernels:
         assert int(stack) == 0 and int(local) == 0, f"{name} spills: stack {stack} B, local {local} B"
         assert int(regs) <= 128, f"{name} uses {regs} registers: fewer than 2 blocks of 256 threads per SM"
 

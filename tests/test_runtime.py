@@ -1,0 +1,66 @@
+"""fastgpt.runtime: devices, CPU threads, the allocator setting."""
+import subprocess
+import sys
+
+import pytest
+
+from fastgpt.runtime import ThreadTuner
+from helpers import error_of, tiny
+
+
+@pytest.mark.parametrize("device,expected", [("cuda:7", "does not exist"), ("tpu", "unknown device"), ("meta", "not supported")])
+def test_device_that_does_not_exist(text_file, data_dir, tmp_path, device, expected):
+    argv = tiny(text_file, data_dir, tmp_path / "o")
+    argv[argv.index("--device") + 1] = device
+    msg = error_of(argv)
+    assert expected in msg and ("--device" in msg or "pick one" in msg), msg
+    assert not (tmp_path / "o").exists()
+
+
+def test_thread_tuner_measures_and_keeps_the_fastest():
+    tuner = ThreadTuner(4, every=50, window=2, skip=1)
+    assert tuner.candidates == [1, 2, 4] and tuner.threads_for(0) == 1  # one thread until measured
+
+    def run(cost, ks):
+        used = []
+        for k in ks:
+            n = tuner.threads_for(k)
+            used.append(n)
+            tuner.record(k, n, cost[n])
+        return used
+
+    used = run({1: 0.2, 2: 0.1, 4: 0.5}, range(61))  # four threads on busy cores: slowest
+    assert used[:8] == [1, 1, 1, 2, 2, 4, 2, 2]  # 4 dropped after one slow iteration
+    assert used[8:56] == [2] * 48 and used[56:61] == [1, 1, 2, 2, 4]  # measured again 50 iterations later
+    assert tuner.best == 2
+    used = run({1: 0.2, 2: 1.0, 4: 2.0}, range(61, 72))  # the machine got busy: measure again at once
+    assert used == [2, 2, 2, 1, 1, 2, 4, 1, 1, 1, 1] and tuner.best == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_stops_per_step_page_faults():
+    """On a fresh process: a training step's large activation buffers page-fault every step
+    until keep_freed_memory() keeps freed blocks in the heap (counted with getrusage)."""
+    code = r"""
+import resource, torch
+from fastgpt import GPT
+from fastgpt.runtime import keep_freed_memory
+torch.set_num_threads(1)
+m = GPT.from_preset("shakespeare-char-small")
+x = torch.randint(0, 84, (12, 64))
+def faults(n=8):
+    for _ in range(2):
+        m(x, x)[1].backward()
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(n):
+        m(x, x)[1].backward()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / n
+before = faults()
+assert keep_freed_memory()
+print(before, faults())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    before, after = map(float, out.stdout.split())
+    assert before > 100, f"expected the default allocator to fault every step, got {before}/step"
+    assert after < before / 4, (before, after)
