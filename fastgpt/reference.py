@@ -41,11 +41,9 @@ def attention(q, k, v, causal=True, dropout_p=0.0, scale=None):
 
 
 # Up to this many keys the CPU computes attention as three batched GEMMs on the whole T x T
-# score matrix (at most 64 KiB per head in fp32) rather than through SDPA's CPU flash kernel:
-# measured on a 2-core AVX2 machine (fp32, forward + backward), 3.0 vs 3.4 ms at B=12 H=4 T=64
-# D=32 and 2.1 vs 2.7 ms at B=4 H=4 T=128 D=32, but 2.4x slower at T=256 and 2.8x at T=1024.
-# fp32/fp64 only: in bf16/fp16 the scores and softmax would round to 16 bits, where SDPA's kernel
-# keeps them in fp32.
+# score matrix (at most 64 KiB per head in fp32): faster than SDPA's CPU flash kernel there,
+# slower beyond (benchmarks/results/2026-11-28-cpu-measurements.md). fp32/fp64 only: in
+# bf16/fp16 the scores and softmax would round to 16 bits, where SDPA keeps them in fp32.
 SMALL_T = 128
 _SMALL_T_DTYPES = (torch.float32, torch.float64)
 
