@@ -25,7 +25,8 @@ or in code, which takes precedence over the environment::
     with fastgpt.use_backend(attention="triton", qkv_projection="cuda"): ...
 
 The forced settings live in a context variable, so threads and asyncio tasks each see their
-own. A forced backend that cannot run a call raises :class:`BackendError` saying why; nothing
+own (while torch.compile traces, the thread's latest setting is read; see ``_TRACED``). A
+forced backend that cannot run a call raises :class:`BackendError` saying why; nothing
 falls back silently. :func:`backend_for` and :func:`report` tell which backend a call would use.
 Under ``torch.compile`` the choice is made while tracing, so it is fixed in the compiled graph
 (Dynamo guards on the forced setting and recompiles if it changes).
@@ -112,6 +113,10 @@ def check_environment():
 
 
 _FORCED: contextvars.ContextVar = contextvars.ContextVar("fastgpt_forced_backends", default=())
+# What Dynamo reads while tracing: the latest setting made by use_backend. Dynamo before
+# torch 2.13 cannot trace ContextVar.get (fullgraph fails on it); it traces this list instead
+# and guards on its contents, so a compiled model recompiles when the setting changes.
+_TRACED = [()]
 
 
 @contextlib.contextmanager
@@ -121,15 +126,17 @@ def use_backend(default: str = None, **per_op: str):
     for op, name in per_op.items():
         spec += _parse(f"{op}={name}", "use_backend")
     token = _FORCED.set(_FORCED.get() + (dict(spec),))
+    _TRACED[0] = _FORCED.get()
     try:
         yield
     finally:
         _FORCED.reset(token)
+        _TRACED[0] = _FORCED.get()
 
 
 def forced(op: str):
     """The backend forced for ``op`` and where it was forced, or (None, None)."""
-    for spec in reversed(_FORCED.get()):
+    for spec in reversed(_TRACED[0] if torch.compiler.is_compiling() else _FORCED.get()):
         for key in (op, "*"):
             if key in spec:
                 return spec[key], "use_backend"

@@ -95,3 +95,44 @@ def test_import_queries_no_gpu_and_compiles_nothing():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_forced_backends_are_per_thread():
+    """Each thread sees its own use_backend (a context variable), eagerly."""
+    import threading
+
+    seen = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def worker():
+        with use_backend(qkv_projection="cuda"):
+            seen["worker"] = backend_for("qkv_projection", X, torch.randn(24, 8), None, 2)
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    inside.wait(10)
+    seen["main"] = backend_for("qkv_projection", X, torch.randn(24, 8), None, 2)
+    release.set()
+    t.join()
+    assert seen == {"worker": "cuda", "main": "reference"}
+
+
+def test_compiled_model_follows_the_forced_setting():
+    """Under torch.compile the choice is traced and guarded: changing it recompiles, and
+    leaving the block returns to the first graph."""
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append("fastgpt.qkv_projection" in str(gm.graph))
+        return gm.forward
+
+    torch._dynamo.reset()
+    f = torch.compile(lambda x, w: fastgpt.ops.qkv_projection(x, w, None, 2)[0], fullgraph=True, backend=record)
+    w = torch.randn(24, 8)
+    f(X, w)
+    with use_backend(qkv_projection="cuda"):
+        f(X, w)
+    f(X, w)
+    assert graphs == [False, True]  # reference, then the extension op; the third call reuses the first
