@@ -41,6 +41,10 @@ class CharTokenizer:
         self.chars = sorted(set(chars))
         self.stoi = {c: i for i, c in enumerate(self.chars)}
 
+    def start(self):
+        """The prompt of an unconditioned sample: a newline (or the first character)."""
+        return [self.stoi.get("\n", 0)]
+
     @property
     def vocab_size(self):
         return len(self.chars)
@@ -61,6 +65,8 @@ class CharTokenizer:
 
 VAL_FRACTION = 0.1
 GPT2_VOCAB = 50257
+GPT2_EOT = GPT2_VOCAB - 1  # <|endoftext|>
+GPT2_PADDED_VOCAB = 50304  # the model's vocabulary for GPT-2 BPE: 50257 padded to a multiple of 64
 GPT2_HINT = ("GPT-2 BPE needs tiktoken (pip install tiktoken) and the gpt2 encoding on this machine: set "
              "FASTGPT_GPT2_BPE to a gpt2.tiktoken file or to a directory holding encoder.json (or a Hugging Face "
              "gpt2 directory's vocab.json), or TIKTOKEN_CACHE_DIR to a tiktoken cache that has it; or use --tokenizer char")
@@ -102,7 +108,7 @@ def _gpt2_from_local(path):
     else:
         raise DataError(f"FASTGPT_GPT2_BPE={path} does not exist; {GPT2_HINT}")
     pat = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-    return tiktoken.Encoding("gpt2", pat_str=pat, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": GPT2_VOCAB - 1})
+    return tiktoken.Encoding("gpt2", pat_str=pat, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": GPT2_EOT})
 
 
 def gpt2_encoding():
@@ -130,6 +136,10 @@ class GPT2Tokenizer:
 
     def decode(self, ids):
         return self.enc.decode(list(ids))
+
+    def start(self):
+        """The prompt of an unconditioned sample: <|endoftext|>."""
+        return [GPT2_EOT]
 
 
 def tokenizer_from_meta(meta):

@@ -17,7 +17,7 @@ import torch
 
 from fastgpt import checkpoint
 from fastgpt.checkpoint import CheckpointError
-from fastgpt.data import DataError, GPT2Tokenizer, tokenizer_from_meta
+from fastgpt.data import GPT2_VOCAB, DataError, GPT2Tokenizer, tokenizer_from_meta
 from fastgpt.runtime import TrainError, autocast, resolve_device, resolve_dtype
 
 STREAM_CHUNK = 8  # tokens per generate() call while streaming
@@ -27,7 +27,7 @@ def tokenizer_for(ckpt, path):
     meta = ckpt.get("meta")
     if meta:
         return tokenizer_from_meta(meta)
-    if ckpt["model_args"].get("vocab_size", 0) >= 50257:
+    if ckpt["model_args"].get("vocab_size", 0) >= GPT2_VOCAB:
         return GPT2Tokenizer()
     raise CheckpointError(f"checkpoint {path} records no tokenizer (a nanoGPT char-level checkpoint?); "
                           f"sample from a checkpoint written by python -m fastgpt.train")
@@ -35,9 +35,7 @@ def tokenizer_for(ckpt, path):
 
 def encode_prompt(tok, text):
     if text == "":
-        if hasattr(tok, "stoi"):
-            return [tok.stoi["\n"]] if "\n" in tok.stoi else [0]
-        return [50256]  # GPT-2's <|endoftext|>
+        return tok.start()
     try:
         return tok.encode(text)
     except ValueError as e:

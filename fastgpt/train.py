@@ -27,14 +27,11 @@ from fastgpt import checkpoint
 from fastgpt.backends import report
 from fastgpt.checkpoint import CheckpointError
 from fastgpt.config import ConfigError, TrainConfig, as_dict, build, default_preset, from_dict
-from fastgpt.data import DataError, batch_from, prepare
+from fastgpt.data import GPT2_PADDED_VOCAB, DataError, batch_from, prepare
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.presets import PRESETS
 from fastgpt.runlog import RunLog
 from fastgpt.runtime import Distributed, Interrupt, Runtime, TrainError, resolve_device
-
-GPT2_PADDED_VOCAB = 50304  # GPT-2's 50257 tokens padded to a multiple of 64
-
 
 # ---------------------------------------------------------------------------------------------
 # the schedule: learning rate and batches, functions of the iteration alone (so a resumed run
@@ -327,10 +324,7 @@ def finish(state, data, cfg, rt, log, preset, losses, elapsed):
 def sample_text(model, data, cfg, rt):
     """cfg.sample_chars tokens from a newline (char data) or <|endoftext|> (GPT-2 BPE)."""
     tok = data.tokenizer
-    if data.meta["tokenizer"] == "char":
-        start = [tok.stoi["\n"]] if "\n" in tok.stoi else [0]
-    else:
-        start = [50256]
+    start = tok.start()
     model.eval()
     torch.manual_seed(cfg.seed)
     with torch.no_grad(), rt.autocast:
