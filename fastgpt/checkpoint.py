@@ -7,10 +7,11 @@ reads nanoGPT's. Everything this project knows about that format is in this modu
 arguments, the state-dict key mapping, what is saved and restored, and when a run resumes.
 """
 import os
+import zipfile
 
 import torch
 
-from fastgpt._io import atomic_write
+from fastgpt._io import DiskFullError, atomic_write
 from fastgpt.model import GPT, GPTConfig
 
 FORMAT = "fastgpt-1"
@@ -46,9 +47,40 @@ def model_args(config):
 
 
 def save(obj, path):
-    """torch.save through a temporary file and a rename: a crash or Ctrl-C mid-write leaves the
-    previous checkpoint intact, never a truncated one."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save through a temporary file and a rename: a crash, Ctrl-C or kill -9 mid-write
+    leaves the previous checkpoint intact, never a truncated one. A full disk or an unwritable
+    directory raises CheckpointError, the previous checkpoint untouched."""
+    previous = "the previous one is intact" if os.path.exists(path) else "there was no previous one"
+    try:
+        atomic_write(path, lambda f: torch.save(obj, f))
+    except DiskFullError:
+        raise CheckpointError(f"no space left on {os.path.dirname(os.path.abspath(path))}: checkpoint not written; {previous}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path} ({e.strerror or e}): checkpoint not written; {previous}") from None
+
+
+def verify(path):
+    """Raise CheckpointError unless every member of the zip file at ``path`` (torch.save's
+    format) matches its stored CRC-32: a flipped bit anywhere in the data is refused. Streams the
+    file once (about as long as reading it). Files without CRCs (torch.save with
+    ``compute_crc32`` off) and pre-zip legacy files cannot be checked and pass."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+            # torch.save stores every record uncompressed as a plain file; a member that says
+            # otherwise (a flipped attribute bit makes torch's reader see a directory and load
+            # zeros) is damage the CRCs do not cover.
+            bad = next((m.filename for m in members if m.is_dir() or m.external_attr & 0x10 or m.compress_type or m.flag_bits & 1), None)
+            if bad is None and any(m.CRC for m in members if m.file_size):
+                bad = z.testzip()
+    except Exception as e:  # zipfile raises many kinds on a damaged directory
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); delete it and retrain, "
+                              f"or restore it from a backup") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is damaged: its part {bad!r} fails its integrity check (a changed byte on disk "
+                              f"or in transfer); restore it from a backup or retrain")
 
 
 def resolve(path):
@@ -61,10 +93,12 @@ def resolve(path):
 
 
 def load(path, map_location="cpu"):
-    """The checkpoint dict at ``path`` (a file or a directory with ckpt.pt), checked."""
+    """The checkpoint dict at ``path`` (a file or a directory with ckpt.pt), its integrity
+    verified (:func:`verify`) before it is unpickled."""
     path = resolve(path)
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); delete it and retrain, or restore it from a backup")
+    verify(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
