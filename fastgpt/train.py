@@ -9,9 +9,11 @@
 Settings: a preset, a config file and ``--key value`` overrides (see ``fastgpt.config``; an
 unknown key lists the valid ones). Writes to out_dir: ckpt.pt (atomically), log.csv (every
 iteration), eval.csv, summary.json and loss.png. Ctrl-C saves a checkpoint and stops; a NaN/inf
-loss stops the run and keeps the last good checkpoint. ``--resume`` restores the model,
-optimizer, grad scaler, iteration and RNG states, so the resumed losses equal an uninterrupted
-run's. Under torchrun, gradient_accumulation_steps (the global total) is split over the ranks
+loss (in training or at an evaluation) stops the run, and no checkpoint with non-finite weights,
+optimizer state or losses is ever written: the last good one is kept. A full disk stops the run
+with the previous checkpoint intact. ``--resume`` restores the model, optimizer, grad scaler,
+iteration and RNG states, so the resumed losses equal an uninterrupted run's; resuming a finished
+run does nothing. Under torchrun, gradient_accumulation_steps (the global total) is split over the ranks
 and every iteration's global batch is the same as the single-process run's.
 """
 import math
@@ -24,6 +26,7 @@ from typing import Optional
 import torch
 
 from fastgpt import checkpoint
+from fastgpt._io import remove_stale_temporaries, why_unwritable
 from fastgpt.backends import report
 from fastgpt.checkpoint import CheckpointError
 from fastgpt.config import ConfigError, TrainConfig, as_dict, build, default_preset, from_dict
@@ -76,6 +79,7 @@ class TrainState:
     iter_num: int = 0
     best_val_loss: float = float("inf")
     saved_iter: Optional[int] = None  # the iteration of the checkpoint on disk
+    start_evaluated: bool = False  # whether the iteration this run starts at was evaluated already
 
     @classmethod
     def create(cls, cfg, vocab_size, rt, ckpt=None):
@@ -94,7 +98,7 @@ class TrainState:
         optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), rt.device.type)
         state = cls(model, optimizer, scaler)
         if ckpt is not None:
-            state.iter_num, state.best_val_loss, rngs = checkpoint.restore_training(ckpt, optimizer, scaler)
+            state.iter_num, state.best_val_loss, rngs, state.start_evaluated = checkpoint.restore_training(ckpt, optimizer, scaler)
             state.saved_iter = state.iter_num
             if len(rngs) == rt.dist.world:
                 rt.set_rng_state(rngs[rt.dist.rank])
@@ -103,15 +107,37 @@ class TrainState:
                 torch.manual_seed(cfg.seed + rt.dist.rank + state.iter_num)
         return state
 
-    def save(self, cfg, meta, rt, iter_num):
-        """Checkpoint the run as of ``iter_num`` (every rank's RNG state; rank 0 writes)."""
+    def save(self, cfg, meta, rt, iter_num, evaluated=True):
+        """Checkpoint the run as of ``iter_num`` (every rank's RNG state; rank 0 writes), unless
+        a weight or optimizer state is not finite: then TrainError, and the last good one stays."""
+        bad = self.first_non_finite()  # the same on every rank: the weights are in sync
+        if bad is not None:
+            raise TrainError(f"{bad} is not finite at iteration {iter_num}: training stopped, no checkpoint written, and "
+                             f"{self.kept(cfg)}; {DIVERGED_HINT}")
         rngs = rt.dist.gather(rt.rng_state())
         path = os.path.join(cfg.out_dir, "ckpt.pt")
         if rt.dist.master:
             checkpoint.save(checkpoint.training_checkpoint(self.model, self.optimizer, self.scaler, iter_num,
-                                                           self.best_val_loss, as_dict(cfg), meta, rngs), path)
+                                                           self.best_val_loss, as_dict(cfg), meta, rngs, evaluated), path)
         self.saved_iter = iter_num
         return path
+
+    def first_non_finite(self):
+        """The first weight or optimizer state holding a NaN/inf (a description), or None."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        tensors = [(f"the weight {n}", p) for n, p in self.model.named_parameters()]
+        tensors += [(f"the optimizer's {k} of {names.get(id(p), 'a parameter')}", v) for p, st in self.optimizer.state.items()
+                    for k, v in st.items() if torch.is_tensor(v) and v.is_floating_point()]
+        finite = torch.stack([torch.isfinite(t).all() for _, t in tensors]).cpu()  # one device sync
+        return None if finite.all() else tensors[int((~finite).nonzero()[0])][0]
+
+    def kept(self, cfg):
+        if self.saved_iter is None:
+            return "this run wrote no checkpoint"
+        return f"the last good checkpoint {os.path.join(cfg.out_dir, 'ckpt.pt')} (iteration {self.saved_iter}) is kept"
+
+
+DIVERGED_HINT = "lower --learning_rate, set --grad_clip 1.0 or use --dtype bfloat16/float32, then --resume or start again"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,10 +168,7 @@ def train_step(model, state, data, cfg, rt, lr, interrupt):
         stats[0] /= rt.dist.world
     loss, stop = stats[0].item(), stats[1].item() > 0
     if not math.isfinite(loss):
-        kept = f"the last good checkpoint {os.path.join(cfg.out_dir, 'ckpt.pt')} (iteration {state.saved_iter}) is kept" \
-            if state.saved_iter is not None else "no checkpoint was written yet"
-        raise TrainError(f"loss is {loss} at iteration {state.iter_num}: training stopped and {kept}; lower --learning_rate, "
-                         f"set --grad_clip 1.0 or use --dtype bfloat16/float32, then --resume or start again")
+        raise TrainError(f"loss is {loss} at iteration {state.iter_num}: training stopped and {state.kept(cfg)}; {DIVERGED_HINT}")
     if cfg.grad_clip:
         state.scaler.unscale_(state.optimizer)
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
@@ -174,17 +197,23 @@ def evaluate(model, data, cfg, rt):
 
 
 def evaluate_and_checkpoint(state, data, cfg, rt, log, lr, elapsed):
-    """Evaluate (rank 0), then checkpoint if the val loss improved or always_save_checkpoint."""
-    losses, improved = {}, False
+    """Evaluate (rank 0), then checkpoint if the val loss improved or always_save_checkpoint.
+    A non-finite evaluation loss stops the run (TrainError) and saves nothing."""
+    losses, improved, diverged = {}, False, False
     if rt.dist.master:
         losses = evaluate(state.model, data, cfg, rt)
         log.eval(state.iter_num, losses, lr, elapsed)
-        improved = losses["val"] < state.best_val_loss
-        state.best_val_loss = min(state.best_val_loss, losses["val"])
+        diverged = not all(math.isfinite(v) for v in losses.values())
+        improved = not diverged and losses["val"] < state.best_val_loss
+        state.best_val_loss = min(state.best_val_loss, losses["val"]) if not diverged else state.best_val_loss
     if rt.dist.enabled:
-        flag = torch.tensor([float(improved)], device=rt.device)
-        torch.distributed.broadcast(flag, 0)
-        improved = bool(flag.item())
+        flags = torch.tensor([float(improved), float(diverged)], device=rt.device)
+        torch.distributed.broadcast(flags, 0)
+        improved, diverged = bool(flags[0].item()), bool(flags[1].item())
+    if diverged:
+        shown = ", ".join(f"{k} loss {v}" for k, v in losses.items()) or "a loss that is not finite"
+        raise TrainError(f"evaluation at iteration {state.iter_num} gave {shown}: training stopped, no checkpoint written, and "
+                         f"{state.kept(cfg)}; {DIVERGED_HINT}")
     if state.iter_num > 0 and (improved or cfg.always_save_checkpoint):
         state.save(cfg, data.meta, rt, state.iter_num)
     return losses
@@ -199,9 +228,16 @@ def train(argv=None):
     cfg, explicit, preset, flags = build(sys.argv[1:] if argv is None else argv)
     dist = Distributed.from_env()
     resolve_device(cfg.device, dist.local_rank if dist.enabled else None)  # fails before anything touches the disk
+    if not cfg.eval_only:
+        check_out_dir(cfg.out_dir, dist)
     settings, ckpt = checkpoint.start_or_resume(as_dict(cfg), explicit, cfg.out_dir, flags.get("resume", False),
                                                 flags.get("overwrite", False), cfg.eval_only)
     cfg = from_dict(settings).validate()
+    if ckpt is not None and not cfg.eval_only and checkpoint.finished(ckpt, cfg.max_iters):
+        if dist.master:
+            print(f"nothing to do: {os.path.join(cfg.out_dir, 'ckpt.pt')} is at iteration {ckpt['iter_num']} (max_iters "
+                  f"{cfg.max_iters}), evaluated and saved; pass a larger --max_iters to train on")
+        return None
     if dist.enabled and cfg.gradient_accumulation_steps % dist.world:
         raise ConfigError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a multiple of the "
                           f"number of processes ({dist.world}); set --gradient_accumulation_steps to a multiple of {dist.world}")
@@ -228,7 +264,7 @@ def run(cfg, preset, ckpt, rt):
         while True:
             it = state.iter_num
             lr = lr_at(it, cfg)
-            if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and not (it == first and first > 0):
+            if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and not (it == first and state.start_evaluated):
                 losses = evaluate_and_checkpoint(state, data, cfg, rt, log, lr, time.time() - t_start)
             if it == cfg.max_iters:
                 break
@@ -238,7 +274,7 @@ def run(cfg, preset, ckpt, rt):
             state.iter_num += 1
             if stop:
                 log.close()
-                path = state.save(cfg, data.meta, rt, state.iter_num)
+                path = state.save(cfg, data.meta, rt, state.iter_num, evaluated=False)
                 raise SystemExit(f"interrupted at iteration {state.iter_num}: checkpoint saved to {path}; continue with "
                                  f"--resume --out_dir {cfg.out_dir}") if rt.dist.master else SystemExit(130)
     log.close()
@@ -247,6 +283,17 @@ def run(cfg, preset, ckpt, rt):
 
 # ---------------------------------------------------------------------------------------------
 # around the loop
+
+
+def check_out_dir(out_dir, dist):
+    """One clear line now, not a traceback at the first save, if out_dir cannot be written;
+    removes the temporaries that killed runs left there."""
+    reason = why_unwritable(out_dir)
+    if reason is not None:
+        raise TrainError(f"out_dir {out_dir} {reason}; pass a writable --out_dir")
+    if dist.master:
+        for path in remove_stale_temporaries(out_dir):
+            print(f"removed {path}, a partial checkpoint left by a process that no longer exists")
 
 
 def load_data(cfg, rt):

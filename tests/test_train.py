@@ -1,6 +1,7 @@
 """fastgpt.train: the loop, logs, checkpoints, resume, Ctrl-C, NaN, data errors, and DDP (gloo)."""
 import csv
 import json
+import math
 import os
 import signal
 import socket
@@ -150,3 +151,110 @@ def test_eval_only_evaluates_the_checkpoint_and_writes_nothing(text_file, data_d
     last = list(csv.DictReader(open(trained / "eval.csv")))[-1]
     assert summary["iters"] == 10 and summary["val_loss"] == pytest.approx(float(last["val_loss"]), abs=1e-6)
     assert {f: (trained / f).read_bytes() for f in before} == before
+
+
+# ---- divergence: never a checkpoint with non-finite weights, optimizer state or losses
+
+
+def test_diverging_run_keeps_the_last_good_checkpoint(text_file, data_dir, tmp_path):
+    out = tmp_path / "div"
+    msg = error_of(tiny(text_file, data_dir, out, "--learning_rate", "3e2", "--grad_clip", "0", "--warmup_iters", "0",
+                        "--eval_interval", "1", iters=20))
+    evals = list(csv.DictReader(open(out / "eval.csv")))
+    first_bad = next(int(r["iter"]) for r in evals if not all(map(math.isfinite, (float(r["train_loss"]), float(r["val_loss"])))))
+    assert f"evaluation at iteration {first_bad} gave train loss nan" in msg and "no checkpoint written" in msg
+    assert f"last good checkpoint {out / 'ckpt.pt'} (iteration {first_bad - 1}) is kept" in msg
+    ckpt = checkpoint.load(str(out))
+    assert ckpt["iter_num"] == first_bad - 1 and math.isfinite(ckpt["best_val_loss"])
+    states = [v for st in ckpt["optimizer"]["state"].values() for v in st.values() if v.is_floating_point()]
+    assert all(torch.isfinite(v).all() for v in [*ckpt["model"].values(), *states])
+    model = checkpoint.model_from_checkpoint(ckpt)
+    assert torch.isfinite(model(torch.zeros(1, 4, dtype=torch.long))[0]).all()
+
+
+def test_non_finite_optimizer_state_is_never_saved(text_file, data_dir, tmp_path, monkeypatch):
+    import fastgpt.train as train_module
+
+    real = train_module.train_step
+
+    def poisoning(model, state, *args):
+        out = real(model, state, *args)
+        if state.iter_num == 7:  # the loss and the weights stay finite; Adam's second moment does not
+            next(iter(state.optimizer.state.values()))["exp_avg_sq"].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(train_module, "train_step", poisoning)
+    out = tmp_path / "inf"
+    msg = error_of(tiny(text_file, data_dir, out, "--eval_interval", "5", iters=20))
+    assert "the optimizer's exp_avg_sq of" in msg and "is not finite at iteration 10" in msg and "(iteration 5) is kept" in msg
+    assert checkpoint.load(str(out))["iter_num"] == 5
+
+
+# ---- resume edge cases
+
+
+def test_resume_of_a_finished_run_does_nothing(text_file, data_dir, trained, capsys):
+    files = {f: (trained / f).read_bytes() for f in os.listdir(trained)}
+    assert train(tiny(text_file, data_dir, trained, "--resume", iters=10)) is None
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "iteration 10" in out and "--max_iters" in out and "val loss nan" not in out
+    assert {f: (trained / f).read_bytes() for f in os.listdir(trained)} == files
+
+
+def test_interruption_on_an_evaluation_iteration_keeps_its_eval_row(text_file, data_dir, tmp_path, monkeypatch):
+    train(tiny(text_file, data_dir, tmp_path / "full", iters=20))
+    calls = {"n": 0}
+    real = data.batch_from
+
+    def interrupting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 14:  # iteration 0's 4 evaluation batches, then iteration 9's batch: saves at 10
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr("fastgpt.train.batch_from", interrupting)
+    with pytest.raises(SystemExit, match="interrupted at iteration 10"):
+        main(tiny(text_file, data_dir, tmp_path / "cut", iters=20))
+    monkeypatch.setattr("fastgpt.train.batch_from", real)
+    train(tiny(text_file, data_dir, tmp_path / "cut", "--resume", iters=20))
+    rows = {name: [(r["iter"], r["val_loss"]) for r in csv.DictReader(open(tmp_path / name / "eval.csv"))] for name in ("full", "cut")}
+    assert [it for it, _ in rows["cut"]] == ["0", "10", "20"] and rows["cut"] == rows["full"]
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+
+
+def test_interruption_at_max_iters_still_finishes_on_resume(text_file, data_dir, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = data.batch_from
+
+    def interrupting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 14:  # in the last iteration (9): saved at 10 = max_iters, not evaluated
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr("fastgpt.train.batch_from", interrupting)
+    with pytest.raises(SystemExit, match="interrupted at iteration 10"):
+        main(tiny(text_file, data_dir, tmp_path / "cut", iters=10))
+    monkeypatch.setattr("fastgpt.train.batch_from", real)
+    summary = train(tiny(text_file, data_dir, tmp_path / "cut", "--resume", iters=10))
+    assert summary["iters"] == 10 and math.isfinite(summary["val_loss"])
+    assert [r["iter"] for r in csv.DictReader(open(tmp_path / "cut" / "eval.csv"))] == ["0", "10"]
+
+
+# ---- disk trouble at the start: one line, before the data and the model
+
+
+@pytest.mark.parametrize("where", ["out_dir", "parent"])
+def test_out_dir_that_is_a_file(text_file, data_dir, tmp_path, monkeypatch, where):
+    (tmp_path / "f").write_text("not a directory")
+    out = tmp_path / "f" if where == "out_dir" else tmp_path / "f" / "run"
+    monkeypatch.setattr("fastgpt.train.prepare", lambda *a, **k: pytest.fail("data prepared before out_dir was checked"))
+    msg = error_of(tiny(text_file, data_dir, out))
+    assert f"out_dir {out}" in msg and "is a file" in msg and "--out_dir" in msg
+
+
+def test_data_dir_that_is_a_file(text_file, tmp_path):
+    (tmp_path / "cache").write_text("not a directory")
+    msg = error_of(tiny(text_file, str(tmp_path / "cache"), tmp_path / "o"))
+    assert f"data_dir {tmp_path / 'cache'} is a file" in msg and "--data_dir" in msg
+    assert not (tmp_path / "o").exists()
