@@ -3,7 +3,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from fastgpt import GPT, GPTConfig
 from fastgpt.runtime import ThreadTuner
 from helpers import error_of, tiny
 
@@ -64,3 +66,29 @@ print(before, faults())
     before, after = map(float, out.stdout.split())
     assert before > 100, f"expected the default allocator to fault every step, got {before}/step"
     assert after < before / 4, (before, after)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_cpu_training_numbers_do_not_depend_on_the_thread_count(bias):
+    """The thread tuner changes the thread count between iterations and between runs: every
+    gradient must come out bit-identical at any count (and equal to nanoGPT's F.layer_norm at
+    one thread), or resumed and repeated runs drift apart."""
+    config = GPTConfig(n_layer=2, n_head=4, n_embd=128, block_size=64, vocab_size=65, bias=bias, dropout=0.1)
+    model = GPT(config)
+    idx = torch.randint(0, 65, (12, 64))
+    threads = torch.get_num_threads()
+
+    def grads(n):
+        torch.set_num_threads(n)
+        torch.manual_seed(0)
+        model.zero_grad(set_to_none=True)
+        _, loss = model(idx, idx)
+        loss.backward()
+        return loss.item(), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    try:
+        (loss1, g1), (loss3, g3) = grads(1), grads(3)
+    finally:
+        torch.set_num_threads(threads)
+    assert loss1 == loss3
+    assert [k for k in g1 if not torch.equal(g1[k], g3[k])] == []

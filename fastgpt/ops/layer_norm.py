@@ -40,8 +40,47 @@ def layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps:
     name = backends.backend_for("layer_norm", x, weight, bias, eps)
     weight, bias = _checks.cast(weight, x.dtype), _checks.cast(bias, x.dtype)
     if name == "reference":
+        if _needs_thread_invariant_grads(x, weight, bias):
+            return _LayerNormCPU.apply(x, weight, bias, eps)
         return reference.layer_norm(x, weight, bias, eps)
     return _layer_norm_triton(x, weight, bias, eps)[0]
+
+
+# ATen's CPU LayerNorm backward sums the weight and bias gradients in one partial per thread, so
+# their last bits depend on the thread count, and a run whose CPU threads are tuned by timing
+# (train.py's default) would neither repeat nor resume exactly. With more than one thread,
+# training on the CPU therefore runs that one reduction through ATen's own kernel at a single
+# thread: bit for bit what F.layer_norm gives at one thread, at any thread count, while dx (per
+# row, thread-invariant) keeps every thread. Eager only (a compiled graph never takes this path),
+# so a plain autograd.Function: torch.library's dispatch would double the cost of a small
+# LayerNorm here (tests/test_runtime.py checks the bits).
+
+
+def _needs_thread_invariant_grads(x, weight, bias):
+    return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (weight, bias))
+            and torch.get_num_threads() > 1)
+
+
+class _LayerNormCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        y, mean, rstd = torch.ops.aten.native_layer_norm(x, (x.shape[-1],), weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        shape, (need_x, need_w, need_b) = (x.shape[-1],), ctx.needs_input_grad[:3]
+        dx = torch.ops.aten.native_layer_norm_backward(dy, x, shape, mean, rstd, weight, bias, [need_x, False, False])[0]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _, dw, db = torch.ops.aten.native_layer_norm_backward(dy, x, shape, mean, rstd, weight, bias, [False, need_w, need_b])
+        finally:
+            torch.set_num_threads(threads)
+        return dx, dw, db, None
 
 
 @torch.library.custom_op("fastgpt::layer_norm", mutates_args=())
