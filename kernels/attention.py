@@ -47,7 +47,7 @@ import triton.language as tl
 
 from fastgpt.kernels._launch import on_device
 from fastgpt.kernels.limits import ATTENTION_HEAD_DIMS as SUPPORTED_HEAD_DIMS
-from fastgpt.kernels.limits import ATTENTION_MAX_BATCH_HEADS, SHARED_MEMORY_PER_BLOCK
+from fastgpt.kernels.limits import ATTENTION_MAX_BATCH_HEADS, INTERPRETER_DOT_DTYPES, SHARED_MEMORY_PER_BLOCK
 from fastgpt.kernels.limits import DTYPES as SUPPORTED_DTYPES
 
 LOG2E = 1.4426950408889634
@@ -713,6 +713,9 @@ def _check_inputs(q, k, v, scale, dropout_p, seed):
         if t.device != q.device:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
     _check_device(q, "q")
+    if _interpreted() and q.dtype not in INTERPRETER_DOT_DTYPES:  # its bf16 dots return garbage
+        raise ValueError(f"q has dtype {q.dtype}: the Triton interpreter computes its dots wrongly "
+                         f"(triton-lang/triton#11584); use float32 or float16 there, or a GPU")
     B, H, Tq, D = q.shape
     if k.shape[0] != B or k.shape[1] != H or v.shape[0] != B or v.shape[1] != H:
         raise ValueError(f"batch/head mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, "

@@ -4,10 +4,27 @@ The launchers in this package enforce these limits; ``fastgpt.ops`` reads them t
 without importing triton, whether a kernel backend can run a call; the ahead-of-time tests
 compile against them.
 """
+import os
+
 import torch
 
 # Element types of every Triton kernel (fp32 runs IEEE fp32 arithmetic, no TF32).
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Element types whose tl.dot the Triton interpreter (TRITON_INTERPRET=1, CPU tensors) computes
+# correctly: its bfloat16 dots return garbage (values around 1e8; triton-lang/triton#11584).
+# Kernels without dots (LayerNorm, bias+GELU) are right in bfloat16 there.
+INTERPRETER_DOT_DTYPES = (torch.float32, torch.float16)
+
+
+def interpreter_dot_why_not(t: torch.Tensor):
+    """Why a kernel that does ``tl.dot`` cannot run on tensors like ``t`` (None when it can):
+    bfloat16 under the interpreter."""
+    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1" and t.dtype not in INTERPRETER_DOT_DTYPES:
+        return (f"the Triton interpreter (TRITON_INTERPRET=1) computes {str(t.dtype).replace('torch.', '')} dots wrongly "
+                f"(triton-lang/triton#11584); use float32 or float16 there, or a GPU")
+    return None
+
 
 # Attention: head dims with a tile config, and the grid's second axis (one program per (b, h)).
 ATTENTION_HEAD_DIMS = (16, 32, 64, 128)

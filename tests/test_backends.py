@@ -136,3 +136,23 @@ def test_compiled_model_follows_the_forced_setting():
         f(X, w)
     f(X, w)
     assert graphs == [False, True]  # reference, then the extension op; the third call reuses the first
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the Triton interpreter runs CPU tensors only without a GPU here")
+def test_interpreter_refuses_bf16_dots_instead_of_returning_garbage():
+    from fastgpt.kernels.attention import attention_fwd
+
+    q = torch.randn(1, 2, 8, 16).bfloat16()
+    with use_backend(attention="triton"):
+        with pytest.raises(BackendError, match=r"attention: backend 'triton' was forced.*interpreter.*bfloat16 dots.*11584"):
+            fastgpt.ops.attention(q, q, q)
+        torch.testing.assert_close(fastgpt.ops.attention(q.half(), q.half(), q.half()).float(),
+                                   fastgpt.ops.attention(q.float(), q.float(), q.float()), atol=2e-3, rtol=0)
+    with pytest.raises(ValueError, match="interpreter computes its dots wrongly"):
+        attention_fwd(q, q, q, True, 0.25)
+    # kernels without dots are right in bf16 under the interpreter: still allowed
+    x, w = torch.randn(3, 64).bfloat16(), torch.randn(64).bfloat16()
+    with use_backend("triton"):
+        assert backend_for("layer_norm", x, w, w) == "triton" and backend_for("bias_gelu", x, w) == "triton"
+        torch.testing.assert_close(fastgpt.ops.layer_norm(x, w, w).float(), torch.nn.functional.layer_norm(
+            x.float(), (64,), w.float(), w.float()), atol=0.07, rtol=0)

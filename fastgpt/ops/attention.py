@@ -35,7 +35,7 @@ def _why_not(name, q, k, v, causal=True, dropout_p=0.0, scale=None):
         return f"the Triton kernel supports head dims {limits.ATTENTION_HEAD_DIMS}, got {q.shape[-1]}"
     if q.shape[0] * q.shape[1] > limits.ATTENTION_MAX_BATCH_HEADS:
         return f"the Triton kernel supports B * n_head <= {limits.ATTENTION_MAX_BATCH_HEADS}, got {q.shape[0] * q.shape[1]}"
-    return backends.triton_why_not(q, limits.DTYPES)
+    return backends.triton_why_not(q, limits.DTYPES) or limits.interpreter_dot_why_not(q)
 
 
 def _probe(device, dtype, B, T, C, H):
