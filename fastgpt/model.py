@@ -193,6 +193,7 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, kv_cache=None):
         with self._backend():
             device = idx.device
+            self._check_idx(idx)
             b, t = idx.size()
             start = 0 if kv_cache is None else kv_cache.length  # positions already in the cache
             assert start + t <= self.config.block_size, f"Cannot forward sequence of length {start + t}, block size is only {self.config.block_size}"
@@ -218,6 +219,14 @@ class GPT(nn.Module):
                 loss = None
 
             return logits, loss
+
+    def _check_idx(self, idx):
+        # nanoGPT fails on these deep inside (an index error on an empty sequence); say what is wrong
+        if not isinstance(idx, torch.Tensor) or idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            raise TypeError(f"idx must hold integer token ids, got {getattr(idx, 'dtype', type(idx).__name__)}")
+        if idx.dim() != 2 or idx.shape[0] < 1 or idx.shape[1] < 1:
+            raise ValueError(f"idx must be (B, T) token ids with B >= 1 and 1 <= T <= {self.config.block_size}, "
+                             f"got shape {tuple(idx.shape)}")
 
     def _backend(self):
         if self.config.backend == "auto":

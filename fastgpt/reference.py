@@ -52,7 +52,7 @@ def _attention_small(q, k, v, causal, scale):
     *batch, Tq, D = q.shape
     Tk = k.shape[-2]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    q3, k3, v3 = (t.reshape(-1, t.shape[-2], t.shape[-1]) for t in (q, k, v))
+    q3, k3, v3 = (t.flatten(0, -3) for t in (q, k, v))  # (B * H, T, D), empty ones too
     if causal:
         bias = torch.zeros(Tq, Tk, dtype=q.dtype, device=q.device)
         bias.masked_fill_(~causal_mask(Tq, Tk, q.device), float("-inf"))

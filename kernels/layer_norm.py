@@ -294,10 +294,10 @@ def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.
     has_dw, has_db = weight is not None, bias is not None
 
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0:  # no rows: the parameters' gradients are sums of nothing
+        return dx, torch.zeros_like(weight) if has_dw else None, torch.zeros_like(bias) if has_db else None
     dweight = torch.empty_like(weight) if has_dw else None
     dbias = torch.empty_like(bias) if has_db else None
-    if M == 0:
-        return dx, dweight, dbias
 
     cfg = launch_config(N)
     G, rows_per_prog = backward_grid(M, N, x.device)

@@ -126,6 +126,7 @@ def test_layer_norm_empty(device):
     assert y.shape == (0, 768) and mean.shape == (0,) and rstd.shape == (0,)
     dx, dw, db = layer_norm_bwd(torch.empty_like(x), x, w, b, mean, rstd)
     assert dx.shape == (0, 768)
+    assert torch.equal(dw, torch.zeros(768, device=device)) and torch.equal(db, torch.zeros(768, device=device))  # not left unset
 
 
 def test_layer_norm_backward_is_deterministic(device):

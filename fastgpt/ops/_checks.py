@@ -1,4 +1,11 @@
-"""Argument checks shared by the public ops: each error names the argument and what was expected."""
+"""Argument checks shared by the public ops: each error names the argument and what was expected.
+
+The checks run before any backend is chosen, so a call is refused with the same error on every
+backend. Zero-size batch, head and time dims are valid (empty results, empty or zero
+gradients); a zero feature dim (C, N, D) is refused: there is nothing to normalise or attend with.
+"""
+import math
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: reference only
@@ -31,3 +38,22 @@ def like(op, name, t, ref, ref_name, shape):
 def cast(t, dtype):
     """``t`` in ``dtype`` (None stays None): parameters follow the activation's precision."""
     return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+def features(op, name, t, dim):
+    """``t``'s last dim (``dim``: C, N or D) must be at least 1."""
+    if t.shape[-1] < 1:
+        raise ValueError(f"fastgpt.ops.{op}: {name}'s last dim ({dim}) must be at least 1, got shape {tuple(t.shape)}")
+
+
+def flag(op, name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"fastgpt.ops.{op}: {name} must be True or False, got {value!r}")
+
+
+def number(op, name, value, ok, expected):
+    """A real number (not a bool) for which ``ok(value)`` holds; TypeError/ValueError naming ``expected``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"fastgpt.ops.{op}: {name} must be {expected}, got {value!r}")
+    if not (math.isfinite(value) and ok(value)):
+        raise ValueError(f"fastgpt.ops.{op}: {name} must be {expected}, got {value!r}")

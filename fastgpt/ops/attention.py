@@ -24,10 +24,11 @@ def _check(q, k, v, causal=True, dropout_p=0.0, scale=None):
         raise TypeError(f"fastgpt.ops.attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.device != q.device or v.device != q.device:
         raise ValueError(f"fastgpt.ops.attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"fastgpt.ops.attention: dropout_p must be in [0, 1), got {dropout_p}")
-    if scale is not None and not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"fastgpt.ops.attention: scale must be a positive finite number or None, got {scale}")
+    _checks.features("attention", "q", q, "D")
+    _checks.flag("attention", "causal", causal)
+    _checks.number("attention", "dropout_p", dropout_p, lambda p: 0.0 <= p < 1.0, "a number in [0, 1)")
+    if scale is not None:
+        _checks.number("attention", "scale", scale, lambda s: s > 0, "a positive finite number or None")
 
 
 def _why_not(name, q, k, v, causal=True, dropout_p=0.0, scale=None):

@@ -13,6 +13,7 @@ APPROXIMATIONS = ("none", "tanh")
 
 def _check(x, bias, approximate="none"):
     _checks.tensor("bias_gelu", "x", x, min_ndim=1)
+    _checks.features("bias_gelu", "x", x, "N")
     _checks.like("bias_gelu", "bias", bias, x, "x", (x.shape[-1],))
     if approximate not in APPROXIMATIONS:
         raise ValueError(f"fastgpt.ops.bias_gelu: approximate must be 'none' (exact erf) or 'tanh', got {approximate!r}")

@@ -11,6 +11,8 @@ from fastgpt.ops import _checks
 
 def _check(x, weight, bias, eps=1e-5):
     _checks.tensor("layer_norm", "x", x, min_ndim=1)
+    _checks.features("layer_norm", "x", x, "C")
+    _checks.number("layer_norm", "eps", eps, lambda e: e >= 0, "a finite number >= 0")
     _checks.like("layer_norm", "weight", weight, x, "x", (x.shape[-1],))
     _checks.like("layer_norm", "bias", bias, x, "x", (x.shape[-1],))
 

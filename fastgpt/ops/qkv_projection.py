@@ -21,8 +21,9 @@ except ImportError as e:  # reported by backend(), never swallowed
 
 def _check(x, weight, bias, n_head):
     _checks.tensor("qkv_projection", "x", x, ndim=3)
+    _checks.features("qkv_projection", "x", x, "C")
     C = x.shape[2]
-    if not isinstance(n_head, int) or n_head <= 0 or C % n_head:
+    if not isinstance(n_head, int) or isinstance(n_head, bool) or n_head <= 0 or C % n_head:
         raise ValueError(f"fastgpt.ops.qkv_projection: n_head must be a positive int dividing C = {C}, got {n_head!r}")
     _checks.like("qkv_projection", "weight", weight, x, "x", (3 * C, C))
     _checks.like("qkv_projection", "bias", bias, x, "x", (3 * C,))
@@ -53,12 +54,13 @@ backends.register(backends.OpSpec(
 def qkv_projection(x: Tensor, weight: Tensor, bias: Optional[Tensor], n_head: int) -> tuple[Tensor, Tensor, Tensor]:
     """x (B, T, C) @ weight(3C, C)^T + bias(3C) -> q, k, v, each (B, H, T, D), D = C / n_head.
 
-    weight and bias are nanoGPT's ``attn.c_attn`` parameters, unchanged. Under autocast the
-    extension path computes in the autocast dtype, as ``F.linear`` does; otherwise in x's dtype.
+    weight and bias are nanoGPT's ``attn.c_attn`` parameters, unchanged, cast to x's dtype
+    when theirs differs. Under autocast both paths compute in the autocast dtype, as
+    ``F.linear`` does; otherwise in x's dtype.
     """
     name = backends.backend_for("qkv_projection", x, weight, bias, n_head)
     if name == "reference":
-        return reference.qkv_projection(x, weight, bias, n_head)
+        return reference.qkv_projection(x, _checks.cast(weight, x.dtype), _checks.cast(bias, x.dtype), n_head)
     dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
     x, weight, bias = (_checks.cast(t, dtype) for t in (x, weight, bias))
     return torch.ops.fastgpt.qkv_projection(x, weight, bias, n_head).unbind(0)
