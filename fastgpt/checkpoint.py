@@ -38,8 +38,13 @@ def clean_state_dict(state_dict):
 
 
 def model_args(config):
-    """The ``model_args`` entry for a GPTConfig."""
-    return {k: getattr(config, k) for k in MODEL_ARGS}
+    """The ``model_args`` entry for a GPTConfig: nanoGPT's keys, plus ``gelu_approximate`` only
+    when it is not nanoGPT's exact GELU (nanoGPT then refuses the checkpoint instead of
+    computing another function with it)."""
+    args = {k: getattr(config, k) for k in MODEL_ARGS}
+    if config.gelu_approximate != "none":
+        args["gelu_approximate"] = config.gelu_approximate
+    return args
 
 
 # ---------------------------------------------------------------------------------------------

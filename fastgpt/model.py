@@ -65,10 +65,11 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.gelu_approximate = config.gelu_approximate
 
     def forward(self, x):
-        # c_fc's bias add and the exact-erf GELU fused: the hidden activation is written once
-        x = ops.bias_gelu(F.linear(x, self.c_fc.weight), self.c_fc.bias)  # (B, T, 4C)
+        # c_fc's bias add and the GELU fused: the hidden activation is written once
+        x = ops.bias_gelu(F.linear(x, self.c_fc.weight), self.c_fc.bias, self.gelu_approximate)  # (B, T, 4C)
         x = self.c_proj(x)
         return self.dropout(x)
 
@@ -123,6 +124,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
     backend: str = "auto"  # fastgpt: 'auto', 'reference', 'triton' or 'cuda' for every op of this model
+    gelu_approximate: str = "none"  # fastgpt: nanoGPT's exact GELU, or 'tanh' (OpenAI GPT-2's gelu_new, for its weights)
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -133,6 +135,8 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.gelu_approximate not in ("none", "tanh"):
+            raise ValueError(f"GPTConfig.gelu_approximate must be 'none' (exact erf) or 'tanh', got {self.gelu_approximate!r}")
         if self.backend not in BACKENDS + ("auto",):
             raise ValueError(f"GPTConfig.backend must be one of {BACKENDS + ('auto',)}, got {self.backend!r}")
 

@@ -1,18 +1,20 @@
 """fastgpt.hf: GPT-2 weights from/to local Hugging Face directories and nanoGPT checkpoints."""
 import json
 import struct
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from fastgpt import GPT, GPTConfig, hf
+from fastgpt import GPT, GPTConfig, checkpoint, hf
 from fastgpt.checkpoint import CheckpointError
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
-def tiny(bias=True):
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=12, vocab_size=50, bias=bias)).eval()
+def tiny(bias=True, gelu="none"):
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=12, vocab_size=50, bias=bias, gelu_approximate=gelu)).eval()
     with torch.no_grad():  # non-trivial biases and norms, so a missed transpose or key shows
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -25,9 +27,10 @@ def logits(model, seed=1):
         return model(idx, idx)[0]
 
 
-def write_hf_by_hand(model, path, fmt="safetensors", prefix=""):
+def write_hf_by_hand(model, path, fmt="safetensors", prefix="", config=None, extra=None, drop=()):
     """A GPT-2 directory as Hugging Face writes it: Conv1D (in, out) weights, HF key names, the
-    old causal-mask buffers, no lm_head (tied); written without fastgpt.hf's exporter."""
+    old causal-mask buffers, no lm_head (tied); written without fastgpt.hf's exporter.
+    config: config.json fields to add or change; extra: tensors to add; drop: names to leave out."""
     path.mkdir()
     c = model.config
     sd = {}
@@ -38,9 +41,11 @@ def write_hf_by_hand(model, path, fmt="safetensors", prefix=""):
         sd[name] = v.t().contiguous() if k.endswith(CONV1D) else v.clone()
     for i in range(c.n_layer):
         sd[f"{prefix}h.{i}.attn.bias"] = torch.tril(torch.ones(c.block_size, c.block_size)).view(1, 1, c.block_size, c.block_size)
+    sd = {**{k: v for k, v in sd.items() if k not in drop}, **(extra or {})}
+    activation = "gelu_new" if c.gelu_approximate == "tanh" else "gelu"
     (path / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": c.n_layer,
                                                   "n_head": c.n_head, "n_embd": c.n_embd, "n_positions": c.block_size,
-                                                  "vocab_size": c.vocab_size, "activation_function": "gelu_new"}))
+                                                  "vocab_size": c.vocab_size, "activation_function": activation, **(config or {})}))
     if fmt == "bin":
         torch.save(sd, path / "pytorch_model.bin")
         return
@@ -89,7 +94,7 @@ def test_safetensors_format(tmp_path):
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + n])
     assert n % 8 == 0 and header["a"] == {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}
-    assert header["__metadata__"] == {"format": "pt"}
+    assert header["__metadata__"]["format"] == "pt" and set(json.loads(header["__metadata__"]["fastgpt.crc32"])) == set(tensors)
     back = hf.read_safetensors(tmp_path / "t.safetensors")
     for k, v in tensors.items():
         assert torch.equal(back[k], v) and back[k].dtype == v.dtype
@@ -121,7 +126,7 @@ def test_errors(tmp_path):
     write_hf_by_hand(tiny(), tmp_path / "wrong")
     cfg = json.loads((tmp_path / "wrong" / "config.json").read_text())
     (tmp_path / "wrong" / "config.json").write_text(json.dumps({**cfg, "n_layer": 3}))
-    with pytest.raises(CheckpointError, match="another architecture|does not match"):
+    with pytest.raises(CheckpointError, match="config.json says n_layer=3 but the weights hold layers 0..1"):
         GPT.from_pretrained(tmp_path / "wrong")
     (tmp_path / "wrong" / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
     with pytest.raises(CheckpointError, match="not GPT-2"):
@@ -138,3 +143,147 @@ def test_export_cli(tmp_path):
     torch.testing.assert_close(logits(GPT.from_pretrained(tmp_path / "hf").eval()), logits(model), rtol=0, atol=0)
     with pytest.raises(SystemExit, match="already exists"):
         hf.main(["--ckpt", str(tmp_path), "--out", str(tmp_path / "hf")])
+
+
+# ---- an import computes what the directory describes, or refuses
+
+
+@pytest.mark.parametrize("config_layers, weight_layers", [(2, 4), (4, 2)])
+def test_layer_count_of_config_and_weights_must_agree(tmp_path, config_layers, weight_layers):
+    model = GPT(GPTConfig(n_layer=weight_layers, n_head=2, n_embd=16, block_size=12, vocab_size=50))
+    write_hf_by_hand(model, tmp_path / "m", config={"n_layer": config_layers})
+    with pytest.raises(CheckpointError, match=rf"n_layer={config_layers} but the weights hold layers 0..{weight_layers - 1}"):
+        GPT.from_pretrained(tmp_path / "m")
+
+
+def test_every_weight_is_used_or_the_import_fails(tmp_path):
+    write_hf_by_hand(tiny(), tmp_path / "extra", extra={"score.weight": torch.zeros(3, 16), "h.0.attn.rotary": torch.zeros(4)})
+    with pytest.raises(CheckpointError, match=r"holds weights a GPT-2 does not use: h.0.attn.rotary, score.weight \(2 tensors\)"):
+        GPT.from_pretrained(tmp_path / "extra")
+    write_hf_by_hand(tiny(), tmp_path / "missing", drop=("h.1.mlp.c_fc.bias",))
+    with pytest.raises(CheckpointError, match=r"lacks h.1.mlp.c_fc.bias \(1 tensor\)"):
+        GPT.from_pretrained(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("layer_norm_epsilon", 1e-6, "layer_norm_epsilon=1e-06"),
+    ("scale_attn_by_inverse_layer_idx", True, "scale_attn_by_inverse_layer_idx=true"),
+    ("scale_attn_weights", False, "scale_attn_weights=false"),
+    ("activation_function", "relu", "activation_function='relu'"),
+    ("add_cross_attention", True, "add_cross_attention=true"),
+    ("n_inner", 32, "n_inner=32"),
+])
+def test_config_fields_that_change_the_function_are_refused(tmp_path, field, value, match):
+    write_hf_by_hand(tiny(), tmp_path / "m", config={field: value})
+    with pytest.raises(CheckpointError, match=rf"config.json sets {match} .*another function"):
+        GPT.from_pretrained(tmp_path / "m")
+
+
+@pytest.mark.parametrize("config", [{"reorder_and_upcast_attn": True}, {"n_inner": 64}, {"n_inner": None}, {"layer_norm_epsilon": 1e-5}])
+def test_config_fields_that_keep_the_function_are_accepted(tmp_path, config):
+    model = tiny()
+    write_hf_by_hand(model, tmp_path / "m", config=config)
+    torch.testing.assert_close(logits(GPT.from_pretrained(tmp_path / "m").eval()), logits(model), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("activation", ["gelu_new", "gelu_pytorch_tanh", "gelu_fast"])
+def test_tanh_gelu_is_honoured_and_exported_back(tmp_path, activation):
+    model = tiny(gelu="tanh")
+    write_hf_by_hand(model, tmp_path / "m", config={"activation_function": activation})
+    loaded = GPT.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.gelu_approximate == "tanh"
+    torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=0)
+    assert not torch.equal(logits(tiny(gelu="none")), logits(model))  # the two GELUs differ: it matters
+    # a checkpoint keeps it (nanoGPT's model_args only name it when it is not nanoGPT's exact GELU)
+    assert "gelu_approximate" not in checkpoint.model_args(tiny().config)
+    ckpt = {"model": loaded.state_dict(), "model_args": checkpoint.model_args(loaded.config)}
+    torch.testing.assert_close(logits(checkpoint.model_from_checkpoint(ckpt).eval()), logits(model), rtol=0, atol=0)
+    hf.export(loaded, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["activation_function"] == "gelu_new"
+    torch.testing.assert_close(logits(GPT.from_pretrained(tmp_path / "out").eval()), logits(model), rtol=0, atol=0)
+
+
+def test_missing_activation_field_means_hugging_faces_default(tmp_path):
+    write_hf_by_hand(tiny(), tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    del cfg["activation_function"]  # GPT2Config's default: gelu_new
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    assert GPT.from_pretrained(tmp_path / "m").config.gelu_approximate == "tanh"
+
+
+def test_untied_output_layer_is_refused(tmp_path):
+    model = tiny()
+    wte = model.transformer.wte.weight.detach()
+    write_hf_by_hand(model, tmp_path / "tied", extra={"lm_head.weight": wte.clone()})
+    torch.testing.assert_close(logits(GPT.from_pretrained(tmp_path / "tied").eval()), logits(model), rtol=0, atol=0)
+    write_hf_by_hand(model, tmp_path / "untied", extra={"lm_head.weight": wte + 1})
+    with pytest.raises(CheckpointError, match="lm_head.weight differs from the token embedding"):
+        GPT.from_pretrained(tmp_path / "untied")
+    write_hf_by_hand(model, tmp_path / "nohead", config={"tie_word_embeddings": False})
+    with pytest.raises(CheckpointError, match="tie_word_embeddings=false but the weights have no lm_head.weight"):
+        GPT.from_pretrained(tmp_path / "nohead")
+
+
+# ---- export
+
+
+@pytest.mark.parametrize("vocab_size, eot", [(50, None), (50304, 50256)])
+def test_exported_special_tokens_are_in_the_vocabulary(tmp_path, vocab_size, eot):
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=vocab_size))
+    hf.export(model, tmp_path / "out")
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["bos_token_id"] == eot and cfg["eos_token_id"] == eot
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_exported_config_says_when_the_biases_are_zeros(tmp_path, bias):
+    hf.export(tiny(bias), tmp_path / "out")
+    note = json.loads((tmp_path / "out" / "config.json").read_text()).get("fastgpt_note", "")
+    assert ("without biases" in note and "zero" in note) == (not bias)
+
+
+# ---- integrity and memory
+
+
+def test_damaged_weight_files_are_refused(tmp_path):
+    model = tiny()
+    hf.export(model, tmp_path / "st")
+    path = tmp_path / "st" / "model.safetensors"
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    path.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))  # the last byte of the last tensor
+    with pytest.raises(CheckpointError, match="fails its CRC-32 check"):
+        GPT.from_pretrained(tmp_path / "st")
+    path.write_bytes(raw[: 8 + n + 100])
+    with pytest.raises(CheckpointError, match="is truncated"):
+        GPT.from_pretrained(tmp_path / "st")
+    path.write_bytes(raw[:8] + raw[8 : 8 + n].replace(b'"data_offsets":[0,', b'"data_offsets":[4,', 1) + raw[8 + n :])
+    with pytest.raises(CheckpointError, match="damaged"):
+        GPT.from_pretrained(tmp_path / "st")
+    hf.export(model, tmp_path / "bin", safetensors=False)
+    path = tmp_path / "bin" / "pytorch_model.bin"
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(model.transformer.wpe.weight.detach().numpy().tobytes()) + 3] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="damaged"):
+        GPT.from_pretrained(tmp_path / "bin")
+
+
+PEAK_RSS = """
+import resource, sys, torch
+from fastgpt import GPT
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+before = peak()
+model = GPT.from_pretrained(sys.argv[1])
+size = sum(p.numel() * p.element_size() for p in model.parameters())
+print(size, peak() - before)
+"""
+
+
+def test_safetensors_import_does_not_hold_two_copies_of_the_model(tmp_path):
+    hf.export(GPT(GPTConfig(n_layer=4, n_head=8, n_embd=512, block_size=64, vocab_size=4096)), tmp_path / "m")
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(tmp_path / "m")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    size, grown = map(int, out.stdout.split())
+    assert size > 40e6 and grown < 1.5 * size, f"the import's peak grew {grown / size:.2f} x the model's {size / 1e6:.0f} MB"
