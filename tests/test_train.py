@@ -154,22 +154,7 @@ def test_eval_only_evaluates_the_checkpoint_and_writes_nothing(text_file, data_d
 
 
 # ---- divergence: never a checkpoint with non-finite weights, optimizer state or losses
-
-
-def test_diverging_run_keeps_the_last_good_checkpoint(text_file, data_dir, tmp_path):
-    out = tmp_path / "div"
-    msg = error_of(tiny(text_file, data_dir, out, "--learning_rate", "3e2", "--grad_clip", "0", "--warmup_iters", "0",
-                        "--eval_interval", "1", iters=20))
-    evals = list(csv.DictReader(open(out / "eval.csv")))
-    first_bad = next(int(r["iter"]) for r in evals if not all(map(math.isfinite, (float(r["train_loss"]), float(r["val_loss"])))))
-    assert f"evaluation at iteration {first_bad} gave train loss nan" in msg and "no checkpoint written" in msg
-    assert f"last good checkpoint {out / 'ckpt.pt'} (iteration {first_bad - 1}) is kept" in msg
-    ckpt = checkpoint.load(str(out))
-    assert ckpt["iter_num"] == first_bad - 1 and math.isfinite(ckpt["best_val_loss"])
-    states = [v for st in ckpt["optimizer"]["state"].values() for v in st.values() if v.is_floating_point()]
-    assert all(torch.isfinite(v).all() for v in [*ckpt["model"].values(), *states])
-    model = checkpoint.model_from_checkpoint(ckpt)
-    assert torch.isfinite(model(torch.zeros(1, 4, dtype=torch.long))[0]).all()
+# (a loss that turns NaN at an evaluation: tests/test_faults.py)
 
 
 def test_non_finite_optimizer_state_is_never_saved(text_file, data_dir, tmp_path, monkeypatch):
