@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from fastgpt import ops
-from fastgpt.backends import BACKENDS, use_backend
+from fastgpt.backends import BACKENDS, report, use_backend
 from fastgpt.presets import PRESETS
 
 
@@ -143,7 +143,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
-    backend: str = "auto"  # fastgpt: 'auto', 'reference', 'triton' or 'cuda' for every op of this model
+    backend: str = "auto"  # fastgpt: 'auto', or 'reference', 'triton', 'cuda' for every op of this model that has it
     gelu_approximate: str = "none"  # fastgpt: nanoGPT's exact GELU, or 'tanh' (OpenAI GPT-2's gelu_new, for its weights)
 
     def __post_init__(self):
@@ -263,6 +263,12 @@ class GPT(nn.Module):
         if self.config.backend == "auto":
             return contextlib.nullcontext()
         return use_backend(self.config.backend)
+
+    def backends(self, device="cpu", dtype=torch.float32, batch=2):
+        """fastgpt: {op: the backend it runs on} for this model on ``device`` in ``dtype`` (see
+        fastgpt.report), with its config.backend applied; 'error: ...' for one that cannot run."""
+        with self._backend():
+            return report(device, dtype, n_embd=self.config.n_embd, n_head=self.config.n_head, block_size=self.config.block_size, batch=batch)
 
     def crop_block_size(self, block_size):
         # model surgery to decrease the block size if necessary
