@@ -225,8 +225,11 @@ def evaluate_and_checkpoint(state, data, cfg, rt, log, lr, elapsed):
 
 def train(argv=None):
     """Run training from command-line style arguments; returns a summary dict (rank 0)."""
-    cfg, explicit, preset, flags = build(sys.argv[1:] if argv is None else argv)
+    cfg, explicit, preset, flags, notes = build(sys.argv[1:] if argv is None else argv)
     dist = Distributed.from_env()
+    if dist.master:
+        for note in notes:
+            print(f"note: {note}")
     resolve_device(cfg.device, dist.local_rank if dist.enabled else None)  # fails before anything touches the disk
     if not cfg.eval_only:
         check_out_dir(cfg.out_dir, dist)
