@@ -150,16 +150,14 @@ class RunLog:
 
 def plot_losses(out_dir):
     """loss.png from log.csv and eval.csv (skipped, with a note, without matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # the Figure API, not pyplot: no global state, and less to import
+        from matplotlib.figure import Figure
     except ImportError:
         return "matplotlib is not installed: no loss.png (pip install matplotlib)"
     train = read_log(os.path.join(out_dir, "log.csv"))
     evals = read_log(os.path.join(out_dir, "eval.csv"))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot([int(r["iter"]) for r in train], [float(r["loss"]) for r in train], lw=0.6, alpha=0.6, label="train (per iteration)")
     if evals:
         its = [int(r["iter"]) for r in evals]
@@ -171,7 +169,6 @@ def plot_losses(out_dir):
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "loss.png"), dpi=120)
-    plt.close(fig)
     return None
 
 
