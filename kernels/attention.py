@@ -166,15 +166,18 @@ def _attention_dropout_keep(seed, bh, rows, col0, dropout_p, BLOCK_N: tl.constex
 
 @triton.jit
 def _attention_fwd_inner(acc, l_i, m_i, q, K_ptr, V_ptr, b, h, stride_k_b, stride_k_h, stride_k_t,
-                         stride_v_b, stride_v_h, stride_v_t, offs_m, lo, hi, Tk, shift, qk_scale,
+                         stride_v_b, stride_v_h, stride_v_t, offs_m, lo, hi, Tk, shift, pad, qk_scale,
                          seed, bh, dropout_p, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                         CAUSAL: tl.constexpr, MASKED: tl.constexpr, DROPOUT: tl.constexpr,
-                         TMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """KV blocks [lo, hi) for one query block (see the comment block above)."""
+                         CAUSAL: tl.constexpr, MASKED: tl.constexpr, KEY_PAD: tl.constexpr,
+                         DROPOUT: tl.constexpr, TMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """KV blocks [lo, hi) for one query block (see the comment block above); with KEY_PAD keys
+    j < pad are masked in every block."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_rows(K_ptr, b, h, start_n, Tk, stride_k_b, stride_k_h, stride_k_t, BLOCK_N, HEAD_DIM, TMA)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N) fp32
+        if KEY_PAD:
+            qk = tl.where(offs_n[None, :] >= pad, qk, float("-inf"))
         if MASKED:
             if CAUSAL:  # j <= i + shift < Tk for every real row: keys >= Tk are masked too
                 valid = offs_n[None, :] <= offs_m[:, None] + shift
@@ -200,15 +203,15 @@ def _attention_fwd_inner(acc, l_i, m_i, q, K_ptr, V_ptr, b, h, stride_k_b, strid
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _attention_fwd_kernel(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
+def _attention_fwd_kernel(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr, PAD_ptr,
                           stride_q_b, stride_q_h, stride_q_t,
                           stride_k_b, stride_k_h, stride_k_t,
                           stride_v_b, stride_v_h, stride_v_t,
                           stride_o_b, stride_o_h, stride_o_t,
                           H, Tq, Tk, qk_scale, seed, dropout_p, keep_scale,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                          CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, TMA: tl.constexpr,
-                          DOT_PRECISION: tl.constexpr):
+                          CAUSAL: tl.constexpr, KEY_PAD: tl.constexpr, DROPOUT: tl.constexpr,
+                          TMA: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Attention forward: o = dropout(softmax(scale * q k^T + mask)) v and its logsumexp.
 
     Grid: (cdiv(Tq, BLOCK_M), nh, B). Program (m, h, b) computes rows [m * BLOCK_M, +BLOCK_M)
@@ -218,6 +221,9 @@ def _attention_fwd_kernel(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
     Q_ptr, K_ptr, V_ptr, O_ptr: (B, nh, T, hs) of one dtype (fp16/bf16/fp32), unit head-dim
     stride; with TMA 4-D tensor descriptors (blocks [1, 1, BLOCK_M or BLOCK_N, hs]), else
     pointers with the batch/head/time strides given. LSE: (B, nh, Tq) fp32 contiguous, natural log.
+    With KEY_PAD, PAD: (B,) int32, keys j < PAD[b] of batch row b are masked too (left-padded
+    batches); the unmasked stretch starts at the first block holding a key >= PAD[b], and a row
+    that sees no key gets o = 0 and lse = -inf. Without it PAD is unused.
     On-chip: the q tile, acc (BLOCK_M, hs) fp32, m and l (BLOCK_M,) fp32; one K and one V tile
     per step. The (Tq, Tk) score matrix never leaves registers.
     Cost per (b, h): 4 * Tq * Tk * hs FLOPs (about half with CAUSAL); HBM reads q once and
@@ -240,6 +246,12 @@ def _attention_fwd_kernel(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
     offs_m = m0 + tl.arange(0, BLOCK_M)
     shift = Tk - Tq
     q = _load_rows(Q_ptr, b, h, m0, Tq, stride_q_b, stride_q_h, stride_q_t, BLOCK_M, HEAD_DIM, TMA)
+    if KEY_PAD:
+        pad = tl.load(PAD_ptr + b)
+        n_lo = tl.maximum(pad, 0) // BLOCK_N * BLOCK_N
+    else:
+        pad = 0
+        n_lo = 0
 
     m_i = tl.full([BLOCK_M], _M_INIT, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -254,17 +266,20 @@ def _attention_fwd_kernel(Q_ptr, K_ptr, V_ptr, O_ptr, LSE_ptr,
     # Diagonal blocks (or the ragged end of Tk) first, then the blocks every row sees whole.
     acc, l_i, m_i = _attention_fwd_inner(acc, l_i, m_i, q, K_ptr, V_ptr, b, h, stride_k_b, stride_k_h,
                                          stride_k_t, stride_v_b, stride_v_h, stride_v_t, offs_m,
-                                         n_full, n_end, Tk, shift, qk_scale, seed, bh, dropout_p,
-                                         BLOCK_N, HEAD_DIM, CAUSAL, True, DROPOUT, TMA,
-                                         DOT_PRECISION)
+                                         n_full, n_end, Tk, shift, pad, qk_scale, seed, bh,
+                                         dropout_p, BLOCK_N, HEAD_DIM, CAUSAL, True, KEY_PAD, DROPOUT,
+                                         TMA, DOT_PRECISION)
     acc, l_i, m_i = _attention_fwd_inner(acc, l_i, m_i, q, K_ptr, V_ptr, b, h, stride_k_b, stride_k_h,
                                          stride_k_t, stride_v_b, stride_v_h, stride_v_t, offs_m,
-                                         0, n_full, Tk, shift, qk_scale, seed, bh, dropout_p,
-                                         BLOCK_N, HEAD_DIM, CAUSAL, False, DROPOUT, TMA,
-                                         DOT_PRECISION)
+                                         n_lo, n_full, Tk, shift, pad, qk_scale, seed, bh,
+                                         dropout_p, BLOCK_N, HEAD_DIM, CAUSAL, False, KEY_PAD, DROPOUT,
+                                         TMA, DOT_PRECISION)
 
-    # Every real row sees key 0, so l_i > 0 there.
+    # Without KEY_PAD every real row sees key 0, so l_i > 0 there; with it a row may see no key:
+    # l_i = 0, lse2 = -inf, and o = 0.
     lse2 = m_i + tl.log2(l_i)
+    if KEY_PAD:
+        l_i = tl.where(l_i > 0, l_i, 1.0)
     if DROPOUT:
         acc = acc * (keep_scale / l_i)[:, None]
     else:
@@ -707,7 +722,8 @@ def _seed64(seed):
     return seed % (1 << 63)
 
 
-def attention_fwd(q, k, v, causal: bool, scale: float, dropout_p: float = 0.0, seed: int = 0):
+def attention_fwd(q, k, v, causal: bool, scale: float, dropout_p: float = 0.0, seed: int = 0,
+                  key_padding_start=None):
     """Fused attention forward. Returns ``(o, lse)``.
 
     q: (B, nh, Tq, hs); k, v: (B, nh, Tk, hs), Tq <= Tk; same dtype (fp16, bf16 or fp32) and
@@ -720,12 +736,25 @@ def attention_fwd(q, k, v, causal: bool, scale: float, dropout_p: float = 0.0, s
     mask of ``seed`` (see ``dropout_mask``) and the kept ones scaled by 1 / (1 - dropout_p).
     fp32 inputs use IEEE fp32 dots (``input_precision="ieee"``, no TF32).
 
+    ``key_padding_start``: None, or an int32 (B,) tensor on q's device for left-padded batches
+    (generation): keys j < key_padding_start[b] of batch row b are masked as well; a query row
+    left with no key gets o = 0 and lse = -inf. ``attention_bwd`` has no such mask: it is a
+    forward (inference) option.
+
     o: (B, nh, Tq, hs) contiguous, q's dtype. lse: (B, nh, Tq) fp32, the natural-log
     logsumexp of each masked row of ``scale * q @ k^T`` (dropout does not enter it).
     """
     _check_inputs(q, k, v, scale, dropout_p, seed)
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
+    if key_padding_start is not None:
+        pad = key_padding_start
+        if not isinstance(pad, torch.Tensor) or pad.dtype != torch.int32 or tuple(pad.shape) != (B,):
+            got = (tuple(pad.shape), pad.dtype) if isinstance(pad, torch.Tensor) else type(pad).__name__
+            raise ValueError(f"key_padding_start must be an int32 tensor of shape ({B},), got {got}")
+        if pad.device != q.device:
+            raise ValueError(f"key_padding_start is on {pad.device} but q is on {q.device}")
+        key_padding_start = pad.contiguous()
     o = torch.empty((B, H, Tq, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
     if o.numel() == 0:
@@ -733,20 +762,21 @@ def attention_fwd(q, k, v, causal: bool, scale: float, dropout_p: float = 0.0, s
     q, k, v = _to_contract(q), _to_contract(k), _to_contract(v)
     cfg, tma = _plan("fwd", q.device, D, q.dtype, dropout_p > 0, Tq, Tk)
     with on_device(q):
-        _launch_fwd(q, k, v, o, lse, causal, scale, dropout_p, seed, cfg, tma)
+        _launch_fwd(q, k, v, o, lse, causal, scale, dropout_p, seed, cfg, tma, key_padding_start)
     return o, lse
 
 
-def _launch_fwd(q, k, v, o, lse, causal, scale, dropout_p, seed, cfg, tma):
+def _launch_fwd(q, k, v, o, lse, causal, scale, dropout_p, seed, cfg, tma, pad=None):
     """Launch the forward with an explicit config and load path."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
     operands = _operands(tma, [(q, bm), (k, bn), (v, bn), (o, bm)])
     _attention_fwd_kernel[(triton.cdiv(Tq, bm), H, B)](
-        *operands, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        H, Tq, Tk, scale * LOG2E, _seed64(seed), float(dropout_p), 1.0 / (1.0 - dropout_p),
-        BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=D, CAUSAL=bool(causal), DROPOUT=dropout_p > 0,
+        *operands, lse, lse if pad is None else pad, *_strides(q), *_strides(k), *_strides(v),
+        *_strides(o), H, Tq, Tk, scale * LOG2E, _seed64(seed), float(dropout_p),
+        1.0 / (1.0 - dropout_p), BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=D, CAUSAL=bool(causal),
+        KEY_PAD=pad is not None, DROPOUT=dropout_p > 0,
         TMA=tma, DOT_PRECISION=_dot_precision(q.dtype), num_warps=cfg.num_warps,
         num_stages=cfg.num_stages)
 

@@ -15,6 +15,7 @@ variants, fp32's; ``FASTGPT_AOT_SWEEP=1`` compiles every candidate of every list
 or so on 2 cores). ``FASTGPT_TRITON36=<dir with triton 3.6>`` also compiles the sm_90 picks with that
 Triton (``pip install --target <dir> --no-deps triton==3.6.0``), the GPU machine's version.
 """
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -56,13 +57,14 @@ class Job:
     dropout: bool
     cfg: tuple  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
     tma: bool
+    key_pad: bool = False
 
     @property
     def id(self):
         bm, bn, w, s = self.cfg
         return (f"{self.kind}-sm{self.arch}-hs{self.head_dim}-{self.dtype}-"
                 f"{'causal' if self.causal else 'full'}-{'drop' if self.dropout else 'nodrop'}-"
-                f"{bm}x{bn}w{w}s{s}{'-tma' if self.tma else ''}")
+                f"{bm}x{bn}w{w}s{s}{'-tma' if self.tma else ''}{'-keypad' if self.key_pad else ''}")
 
 
 def _cfg_tuple(cfg):
@@ -100,6 +102,8 @@ def signature(job):
     if job.kind != "pre":
         constexprs.update(BLOCK_N=bn, CAUSAL=job.causal, DROPOUT=job.dropout, TMA=job.tma,
                           DOT_PRECISION="ieee" if job.dtype == "fp32" else "tf32")
+    if job.kind == "fwd":
+        constexprs["KEY_PAD"] = job.key_pad
     rows = {"BLOCK_M": bm, "BLOCK_N": bn}
     sig = {}
     for name in kernel.arg_names:
@@ -110,6 +114,8 @@ def signature(job):
                          f"{job.head_dim}]>" if job.tma else f"*{job.dtype}")
         elif name in ("LSE_ptr", "DELTA_ptr"):
             sig[name] = "*fp32"
+        elif name == "PAD_ptr":
+            sig[name] = "*i32"
         elif name.endswith("_ptr"):
             sig[name] = f"*{job.dtype}"
         elif name == "seed":
@@ -155,6 +161,10 @@ def _default_jobs():
     jobs += picked_jobs([80], [64, 128], [torch.bfloat16], causals=(True,), shapes=LADDER)
     jobs += picked_jobs([80, 90], [64], [torch.float32], causals=(True,), dropouts=(False,),
                         shapes=LADDER[:1])
+    # Left-padded generation (key_padding_start): prefill and decode on sm_90.
+    jobs += [dataclasses.replace(j, key_pad=True) for j in
+             picked_jobs([90], [64], [torch.bfloat16], causals=(True,), dropouts=(False,),
+                         shapes=[(1024, 1024), (1, 1024)]) if j.kind == "fwd"]
     return sorted(set(jobs))
 
 

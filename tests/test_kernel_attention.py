@@ -308,6 +308,62 @@ def test_tma_and_pointer_paths_agree(monkeypatch, device):
 
 
 # --------------------------------------------------------------------------------------------
+# Left-padded batches (generation): keys j < key_padding_start[b] masked in the forward
+# --------------------------------------------------------------------------------------------
+
+def _padded_reference(q, k, v, causal, scale, pads):
+    """(o, lse) with keys j < pads[b] masked; rows left without keys give o = 0, lse = -inf."""
+    Tq, Tk = q.shape[2], k.shape[2]
+    allowed = torch.arange(Tk, device=q.device)[None, None, None, :] >= pads.long()[:, None, None, None]
+    if causal:
+        allowed = allowed & _causal_mask(Tq, Tk, q.device)
+    s = ((q @ k.transpose(-1, -2)) * scale).float().masked_fill(~allowed, float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0).to(q.dtype)
+    return p @ v, torch.logsumexp(s, dim=-1)
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero encountered in log2:RuntimeWarning")  # lse = -inf
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
+@pytest.mark.parametrize("Tq,Tk,causal", [(40, 40, True), (1, 97, True), (33, 70, False)],
+                         ids=["prefill", "decode", "full"])
+def test_key_padding_start(Tq, Tk, causal, tma, monkeypatch, device):
+    if device == "cpu":
+        monkeypatch.setattr(attention_kernels, "_INTERPRETER_TMA", tma)
+    elif tma != (torch.cuda.get_device_capability()[0] >= 9):
+        pytest.skip("on a GPU the arch picks the path")
+    torch.manual_seed(13)
+    q, k, v = _make_qkv(4, 2, Tq, Tk, 32, torch.float16, "contiguous", device)
+    # No padding, a few keys, more than a block, every key: whole rows and batches left empty.
+    pads = torch.tensor([0, 5, 37, Tk], dtype=torch.int32, device=device)
+    o, lse = attention_fwd(q, k, v, causal, 32 ** -0.5, key_padding_start=pads)
+    q32, k32, v32 = (t.float() for t in (q, k, v))
+    oracle, lse_ref = _padded_reference(q32, k32, v32, causal, 32 ** -0.5, pads)
+    plain, _ = _padded_reference(q, k, v, causal, 32 ** -0.5, pads)
+    assert_2x_rule("o", o, plain, oracle, torch.float16)
+    empty = torch.isinf(lse_ref)
+    assert empty.any() and not empty.all()
+    assert torch.equal(o[empty], torch.zeros_like(o[empty]))
+    assert torch.equal(lse[empty], lse_ref[empty])
+    torch.testing.assert_close(lse[~empty], lse_ref[~empty], rtol=1e-5, atol=1e-5)
+
+
+def test_key_padding_start_zero_is_no_padding(device):
+    torch.manual_seed(14)
+    q, k, v = _make_qkv(2, 2, 33, 33, 32, torch.float32, "contiguous", device)
+    o1, l1 = attention_fwd(q, k, v, True, 0.2)
+    o2, l2 = attention_fwd(q, k, v, True, 0.2, key_padding_start=torch.zeros(2, dtype=torch.int32, device=device))
+    assert torch.equal(o1, o2) and torch.equal(l1, l2)
+
+
+def test_key_padding_start_rejects_bad_tensors(device):
+    q, k, v = _ok(device)
+    with pytest.raises(ValueError, match=r"key_padding_start must be an int32 tensor of shape \(1,\)"):
+        attention_fwd(q, k, v, True, 0.1, key_padding_start=torch.zeros(1, dtype=torch.int64, device=device))
+    with pytest.raises(ValueError, match=r"key_padding_start must be an int32 tensor of shape \(1,\)"):
+        attention_fwd(q, k, v, True, 0.1, key_padding_start=torch.zeros(2, dtype=torch.int32, device=device))
+
+
+# --------------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------------
 
