@@ -20,6 +20,10 @@ from ``signature`` is added). ``arch`` is the compute capability as an int (80, 
 The result holds ``n_regs`` (registers per thread), ``n_spills`` (spilled bytes: ptxas' stack
 frame plus local memory), ``shared`` (dynamic + static shared memory in bytes) and
 ``shared_limit`` (the opt-in maximum per block on that arch), plus the raw ``cuobjdump`` figures.
+With ``analyze=True`` it also holds ``analysis``: what ``scripts/sass_report.py`` reads from the
+PTX and SASS (ptxas' advisories such as C7515, serialized wgmma; per-loop instruction counts;
+blocks per SM). ``triton_path`` compiles with another Triton installed there (e.g.
+``pip install --target DIR triton==3.6.0``), in a child process whose ``sys.path`` starts with it.
 Registers and spills come from the compiled kernel's metadata when Triton put them there
 (it does only after loading the binary on a GPU) and are always cross-checked against
 ``cuobjdump --dump-resource-usage`` (shipped with Triton next to ``ptxas``) on the cubin.
@@ -44,6 +48,10 @@ import types
 import pytest
 
 from fastgpt.kernels.limits import SHARED_MEMORY_PER_BLOCK as SHARED_LIMIT
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import sass_report  # noqa: E402, I001  (the report script's analysis: the tests read SASS its way)
 
 
 class _Skip(Exception):
@@ -80,7 +88,7 @@ def _parse_resource_usage(text, name):
 
 
 def _compile_here(module: str, qualname: str, signature: dict, constexprs: dict, arch: int,
-                  num_warps: int, num_stages: int, divisible_by_16=None) -> dict:
+                  num_warps: int, num_stages: int, divisible_by_16=None, analyze=False) -> dict:
     """Compile in this process; triton must not be in interpreter mode here."""
     import importlib
 
@@ -125,17 +133,22 @@ def _compile_here(module: str, qualname: str, signature: dict, constexprs: dict,
     if n_regs is not None and n_regs != usage["REG"]:
         raise AssertionError(f"metadata says {n_regs} registers, cuobjdump {usage['REG']}")
     spill_bytes = usage["STACK"] + usage["LOCAL"]
-    return {
+    shared = (getattr(meta, "shared", 0) or 0) + usage["SHARED"]
+    info = {
         "name": meta.name,
         "arch": arch,
         "num_warps": num_warps,
         "num_stages": num_stages,
         "n_regs": usage["REG"],
         "n_spills": spill_bytes if n_spills is None else max(n_spills, spill_bytes),
-        "shared": (getattr(meta, "shared", 0) or 0) + usage["SHARED"],
+        "shared": shared,
         "shared_limit": SHARED_LIMIT.get(arch, SHARED_LIMIT[80]),
         "cuobjdump": usage,
+        "triton": triton.__version__,
     }
+    if analyze:
+        info["analysis"] = sass_report.analyze(compiled.asm, arch, num_warps, shared)
+    return info
 
 
 def _serve():
@@ -155,23 +168,25 @@ def _serve():
         replies.flush()
 
 
-_worker = None
+_workers = {}
 
 
-def _compile_in_worker(request: dict) -> dict:
+def _compile_in_worker(request: dict, triton_path=None) -> dict:
     # Under TRITON_INTERPRET=1 every @triton.jit function, triton's own library included, is an
     # interpreter wrapper that the compiler cannot use, so compile in a child process that
-    # imports the kernel's module with the interpreter off. One child serves the whole session.
-    global _worker
-    if _worker is None or _worker.poll() is not None:
+    # imports the kernel's module with the interpreter off. One child per Triton serves the
+    # whole session.
+    worker = _workers.get(triton_path)
+    if worker is None or worker.poll() is not None:
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        _worker = subprocess.Popen([sys.executable, os.path.abspath(__file__)], env=env,
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        atexit.register(_stop_worker, _worker)
-    _worker.stdin.write(json.dumps(request) + "\n")
-    _worker.stdin.flush()
-    line = _worker.stdout.readline()
+        env["PYTHONPATH"] = os.pathsep.join([triton_path] * bool(triton_path) + [p for p in sys.path if p])
+        worker = subprocess.Popen([sys.executable, os.path.abspath(__file__)], env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        atexit.register(_stop_worker, worker)
+        _workers[triton_path] = worker
+    worker.stdin.write(json.dumps(request) + "\n")
+    worker.stdin.flush()
+    line = worker.stdout.readline()
     if not line:
         raise RuntimeError("the AOT compile worker died (see its stderr above)")
     return json.loads(line)
@@ -187,12 +202,14 @@ def _interpreting() -> bool:
 
 
 def compile_for_target(kernel, signature: dict, constexprs: dict, arch: int, num_warps: int,
-                       num_stages: int, divisible_by_16=None) -> dict:
+                       num_stages: int, divisible_by_16=None, analyze=False,
+                       triton_path=None) -> dict:
     """Compile ``kernel`` for ``sm_<arch>`` and return its resource usage (see the module doc).
 
     divisible_by_16: the arguments the launcher's specialization marks as multiples of 16
     (as Triton does at run time for 16-byte-aligned pointers and such integers); default: every
-    pointer argument.
+    pointer argument. analyze: add ``analysis`` (ptxas advisories, SASS loop counts,
+    occupancy). triton_path: compile with the Triton installed in that directory.
     """
     fn = kernel
     while hasattr(fn, "fn"):  # JITFunction, interpreter, autotune and heuristics wrappers
@@ -202,15 +219,16 @@ def compile_for_target(kernel, signature: dict, constexprs: dict, arch: int, num
     request = dict(module=fn.__module__, qualname=fn.__qualname__, signature=dict(signature),
                    constexprs=dict(constexprs), arch=int(arch), num_warps=int(num_warps),
                    num_stages=int(num_stages),
-                   divisible_by_16=None if divisible_by_16 is None else list(divisible_by_16))
+                   divisible_by_16=None if divisible_by_16 is None else list(divisible_by_16),
+                   analyze=bool(analyze))
     if "<locals>" in fn.__qualname__ or fn.__module__ == "__main__":
         raise ValueError(f"{fn.__qualname__} must be a module-level kernel of an importable module")
-    if not _interpreting():
+    if not _interpreting() and triton_path is None:
         try:
             return _compile_here(**request)
         except _Skip as e:
             pytest.skip(str(e))
-    reply = _compile_in_worker(request)
+    reply = _compile_in_worker(request, triton_path)
     if "skip" in reply:
         pytest.skip(reply["skip"])
     if "error" in reply:
@@ -219,12 +237,22 @@ def compile_for_target(kernel, signature: dict, constexprs: dict, arch: int, num
 
 
 def assert_fits(info: dict, name: str):
-    """Fail, with the numbers, when the kernel spills or needs more shared memory than allowed."""
+    """Fail, with the numbers, when the kernel spills or needs more shared memory than allowed;
+    with an analysis, also when ptxas serialises wgmma (C7515) or the SASS touches local memory."""
     where = f"{name} (sm_{info['arch']}, num_warps={info['num_warps']}, num_stages={info['num_stages']})"
     assert info["n_spills"] == 0, (
         f"{where} spills: {info['n_spills']} bytes of stack/local memory at {info['n_regs']} "
         f"registers/thread (cuobjdump: {info['cuobjdump']})"
     )
+    analysis = info.get("analysis")
+    if analysis is not None:
+        ptxas = analysis["ptxas"]
+        assert not ptxas["c7515"], (
+            f"{where}: ptxas serialises wgmma (C7515: non-wgmma instructions define accumulator "
+            f"registers between a wgmma and its wait); advisories {ptxas['advisories']}")
+        assert ptxas["spill_stores"] == ptxas["spill_loads"] == ptxas["stack"] == 0, (
+            f"{where}: ptxas -v reports spills: {ptxas}")
+        assert analysis["sass"]["total"]["LOCAL"] == 0, f"{where}: SASS uses local memory"
     assert info["shared"] <= info["shared_limit"], (
         f"{where} needs {info['shared']} bytes of shared memory, over the "
         f"{info['shared_limit']}-byte limit per block"
