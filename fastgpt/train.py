@@ -127,12 +127,14 @@ class TrainState:
             model = init
         elif ckpt is None:
             model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                                  bias=cfg.bias, vocab_size=vocab_size, dropout=cfg.dropout, backend=cfg.backend))
+                                  bias=cfg.bias, vocab_size=vocab_size, dropout=cfg.dropout, backend=cfg.backend,
+                                  fused_loss=cfg.fused_loss))
         else:
             if ckpt["model_args"].get("vocab_size") != vocab_size:
                 raise CheckpointError(f"checkpoint in {cfg.out_dir} has vocab_size {ckpt['model_args'].get('vocab_size')} but "
                                       f"the data has {vocab_size}; resume on the data it was trained on")
-            model = checkpoint.model_from_checkpoint(ckpt, os.path.join(cfg.out_dir, "ckpt.pt"), dropout=cfg.dropout, backend=cfg.backend)
+            model = checkpoint.model_from_checkpoint(ckpt, os.path.join(cfg.out_dir, "ckpt.pt"), dropout=cfg.dropout,
+                                                     backend=cfg.backend, fused_loss=cfg.fused_loss)
         model.to(rt.device)
         scaler = torch.amp.GradScaler(rt.device.type, enabled=(rt.dtype == torch.float16))
         optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), rt.device.type)
