@@ -3,6 +3,9 @@ definition, fastgpt.reference.linear_cross_entropy: F.linear + F.cross_entropy) 
 the loss and both gradients, every reduction, ignored rows, awkward V and N, gradient
 accumulation, the label check, the chunk size, peak memory and torch.compile."""
 import importlib
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -119,7 +122,9 @@ def test_gradient_accumulation(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_targets_out_of_range_are_an_error(backend):
+def test_targets_out_of_range_are_an_error(backend, monkeypatch):
+    if DEVICE == "cuda":  # the default CUDA check is a device-side assert (next test); the flag makes it this error
+        monkeypatch.setenv(lce.CHECK_TARGETS_ENV, "1")
     x, w, t = _inputs(1, 8, 16, 65)
     for bad in (65, -2, 1000):
         t2 = t.clone()
@@ -129,13 +134,15 @@ def test_targets_out_of_range_are_an_error(backend):
 
 
 @pytest.mark.gpu
-def test_targets_out_of_range_on_cuda_with_the_debug_flag(monkeypatch):
-    """On CUDA the default check is a device-side assert (no host sync); the flag gives the error."""
-    monkeypatch.setenv(lce.CHECK_TARGETS_ENV, "1")
-    x, w, t = _inputs(1, 8, 16, 65, device="cuda")
-    t[0, 2] = 70
-    with pytest.raises(ValueError, match="got 70"):
-        ops.linear_cross_entropy(x, w, t)
+def test_targets_out_of_range_on_cuda_assert_on_the_device():
+    """Without the flag, CUDA checks without a host sync: a device-side assert (in a child
+    process: it leaves the CUDA context unusable)."""
+    code = ("import torch, fastgpt; x = torch.randn(4, 8, device='cuda'); w = torch.randn(65, 8, device='cuda'); "
+            "t = torch.tensor([1, 2, 70, 3], device='cuda'); loss = fastgpt.ops.linear_cross_entropy(x, w, t); "
+            "torch.cuda.synchronize()")
+    env = {k: v for k, v in os.environ.items() if k != lce.CHECK_TARGETS_ENV}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode != 0 and "assert" in out.stderr.lower(), out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -338,3 +345,27 @@ def test_compile_fullgraph(backend):
 @pytest.mark.gpu
 def test_report_picks_triton_on_cuda():
     assert fastgpt.report("cuda", torch.bfloat16)["linear_cross_entropy"] == "triton"
+
+
+@pytest.mark.gpu
+def test_cuda_peak_memory_is_below_half_the_logits():
+    """GPT-2's loss stage at N = 16384 in bf16: the fused forward and backward allocate less than
+    half of one (N, V) bf16 tensor above the inputs; nanoGPT's path allocates several."""
+    N, C, V = 16384, 768, 50304
+    x = torch.randn(N, C, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(V, C, device="cuda") * 0.02).bfloat16().requires_grad_()
+    t = torch.randint(0, V, (N,), device="cuda")
+
+    def peak(fn):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        torch.autograd.grad(fn(), (x, w))
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    logits_bytes = N * V * 2
+    fused = peak(lambda: ops.linear_cross_entropy(x, w, t))
+    plain = peak(lambda: F.cross_entropy(F.linear(x, w), t, ignore_index=-1))
+    assert fused < logits_bytes / 2, f"fused loss stage peak {fused / 2**20:.0f} MiB, logits {logits_bytes / 2**20:.0f} MiB"
+    assert plain > 2 * logits_bytes

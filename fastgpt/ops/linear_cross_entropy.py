@@ -37,7 +37,7 @@ CHECK_TARGETS_ENV = "FASTGPT_CHECK_TARGETS"
 # per chunk to run near cuBLAS's peak. On the CPU a fixed CPU_BUDGET.
 CUDA_BUDGET = 256 * 2**20
 CPU_BUDGET = 64 * 2**20
-GPT2_VOCAB = 50304  # the probe's vocabulary
+PROBE_VOCAB = 50304  # GPT-2's padded vocabulary, for report()
 
 
 def _check(x, weight, targets, ignore_index=-1, reduction="mean", chunk_rows=None):
@@ -71,7 +71,7 @@ def _why_not(name, x, weight, targets, *args, **kwargs):
 
 
 def _probe(device, dtype, B, T, C, H):
-    weight = torch.empty(1, C, device=device, dtype=dtype).expand(GPT2_VOCAB, C)  # no (V, C) allocation
+    weight = torch.empty(1, C, device=device, dtype=dtype).expand(PROBE_VOCAB, C)  # no (V, C) allocation
     return torch.empty(B, T, C, device=device, dtype=dtype), weight, torch.empty(B, T, device=device, dtype=torch.int64)
 
 
@@ -181,7 +181,7 @@ def _add_product(acc, a, b):
     if acc.dtype == a.dtype:
         acc.addmm_(a, b)
     elif acc.is_cuda:  # cuBLAS: 16-bit inputs, fp32 accumulation and output, no (V, C) temporary
-        torch.addmm(acc, a, b, acc.dtype, out=acc)
+        torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
     else:
         acc.add_(torch.mm(a, b))
 
