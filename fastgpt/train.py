@@ -393,12 +393,12 @@ def pretrained(cfg, explicit):
     if os.path.isfile(source) or os.path.isfile(os.path.join(source, "ckpt.pt")):  # nanoGPT/fastgpt checkpoint
         path = checkpoint.resolve(source)
         ckpt = checkpoint.load(path)
-        model = checkpoint.model_from_checkpoint(ckpt, path, dropout=cfg.dropout, backend=cfg.backend)
+        model = checkpoint.model_from_checkpoint(ckpt, path, dropout=cfg.dropout, backend=cfg.backend, fused_loss=cfg.fused_loss)
         meta = ckpt.get("meta")
         bpe = (meta or {}).get("bpe")
         del ckpt
     else:  # a GPT-2 name or a Hugging Face directory
-        model = hf.from_pretrained(source, dropout=cfg.dropout, backend=cfg.backend)
+        model = hf.from_pretrained(source, dropout=cfg.dropout, backend=cfg.backend, fused_loss=cfg.fused_loss)
         bpe = sources.bpe_dir(source)
     mc = model.config
     fixed = {k: getattr(mc, k) for k in ("n_layer", "n_head", "n_embd", "bias")}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastgpt
-from fastgpt import GPT, GPTConfig, checkpoint
+from fastgpt import GPT, GPTConfig, checkpoint, ops
 from fastgpt.train import train
 from helpers import DEVICE, assert_same_grads, losses, tiny
 
@@ -147,3 +147,13 @@ def test_trains_to_the_same_curve(text_file, data_dir, tmp_path):
 def test_trainer_default_is_fused(text_file, data_dir, tmp_path):
     summary = train(tiny(text_file, data_dir, tmp_path / "run", iters=2))
     assert summary["config"]["fused_loss"] is True
+
+
+@pytest.mark.parametrize("fused", ["true", "false"])
+def test_fine_tuning_follows_the_switch(text_file, data_dir, trained, tmp_path, monkeypatch, fused):
+    """init_from (weights that were trained elsewhere) takes the trainer's fused_loss too."""
+    calls = []
+    op = ops.linear_cross_entropy
+    monkeypatch.setattr(ops, "linear_cross_entropy", lambda *a, **k: calls.append(1) or op(*a, **k))
+    train(tiny(text_file, data_dir, tmp_path / "ft", "--init_from", str(trained / "ckpt.pt"), "--fused_loss", fused, iters=2))
+    assert bool(calls) is (fused == "true")
