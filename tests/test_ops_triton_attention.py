@@ -86,14 +86,21 @@ def test_compile_fullgraph_with_the_kernel():
     assert torch.isfinite(loss)
 
 
-def test_key_padding_is_refused_by_the_kernel_and_runs_on_reference():
-    """The Triton kernel has no key padding yet: forced, it refuses (never ignores the mask); auto
-    runs such calls on the reference path."""
-    q = torch.randn(2, 2, 8, 16, device=DEVICE)
-    start = torch.tensor([0, 3], device=DEVICE)
+@pytest.mark.parametrize("Tq,Tk,causal", [(8, 8, True), (1, 8, True), (8, 8, False)], ids=["prefill", "decode", "full"])
+def test_key_padding_runs_on_the_kernel_without_gradients(Tq, Tk, causal):
+    """Left-padded generation: the Triton forward takes key_start (rows with no key left give 0);
+    with gradients it is refused when forced (never ignoring the mask) and auto takes the reference."""
+    q, k, v = randn(3, 2, Tq, 16), randn(3, 2, Tk, 16), randn(3, 2, Tk, 16)
+    start = torch.tensor([0, 3, Tk], device=DEVICE)  # no padding, some, every key
+    want = reference.attention(q, k, v, causal, 0.0, None, start)
+    with use_backend(attention="triton"), torch.no_grad():
+        got = ops.attention(q, k, v, causal=causal, key_start=start)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not got[2].any()
+    q.requires_grad_()
     with use_backend(attention="triton"):
         with pytest.raises(BackendError, match="no key padding mask"):
-            ops.attention(q, q, q, key_start=start)
-        assert backend_for("attention", q, q, q) == "triton"
-    assert backend_for("attention", q, q, q, True, 0.0, None, start) == "reference"
-    torch.testing.assert_close(ops.attention(q, q, q, key_start=start), reference.attention(q, q, q, True, 0.0, None, start))
+            ops.attention(q, k, v, key_start=start)
+        assert backend_for("attention", q, k, v) == "triton"
+    assert backend_for("attention", q, k, v, True, 0.0, None, start) == "reference"
+    torch.testing.assert_close(ops.attention(q, k, v, causal=causal, key_start=start), want)

@@ -41,8 +41,8 @@ def _check(q, k, v, causal=True, dropout_p=0.0, scale=None, key_start=None):
 
 
 def _why_not(name, q, k, v, causal=True, dropout_p=0.0, scale=None, key_start=None):
-    if key_start is not None:
-        return "the Triton kernel has no key padding mask (key_start) yet"
+    if key_start is not None and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return "the Triton kernel's backward has no key padding mask (key_start): only calls without gradients"
     if q.shape[-1] not in limits.ATTENTION_HEAD_DIMS:
         return f"the Triton kernel supports head dims {limits.ATTENTION_HEAD_DIMS}, got {q.shape[-1]}"
     if q.shape[0] * q.shape[1] > limits.ATTENTION_MAX_BATCH_HEADS:
@@ -73,12 +73,16 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: f
 
     key_start: None, or an int (B,) tensor for left-padded batches: row b's keys j < key_start[b]
     are masked out. A query that is left with no key (a padding position, under the causal mask)
-    outputs 0, and its gradients are 0. The ``triton`` backend does not take it yet.
+    outputs 0, and its gradients are 0. The ``triton`` backend takes it in calls without gradients
+    (generation); with gradients it is the reference's.
     """
     name = backends.backend_for("attention", q, k, v, causal, dropout_p, scale, key_start)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if name == "reference":
         return reference.attention(q, k, v, causal, dropout_p, scale, key_start)
+    if key_start is not None:  # no gradients (see _why_not): the forward kernel alone
+        seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64) if dropout_p > 0 else torch.zeros(1, dtype=torch.int64)
+        return _attention_key_padded_triton(q, k, v, key_start.to(torch.int32), causal, float(dropout_p), scale, seed)
     # Drawn even without dropout so the call has one shape under torch.compile; cheap on CPU.
     seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64) if dropout_p > 0 else torch.zeros(1, dtype=torch.int64)
     return _attention_triton(q, k, v, causal, float(dropout_p), scale, seed)[0]
@@ -96,6 +100,20 @@ def _attention_triton(
 @_attention_triton.register_fake
 def _(q, k, v, causal, dropout_p, scale, seed):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("fastgpt::attention_key_padded", mutates_args=())
+def _attention_key_padded_triton(
+    q: Tensor, k: Tensor, v: Tensor, key_start: Tensor, causal: bool, dropout_p: float, scale: float, seed: Tensor
+) -> Tensor:
+    from fastgpt.kernels.attention import attention_fwd
+
+    return attention_fwd(q, k, v, causal, scale, dropout_p, int(seed.item()), key_padding_start=key_start)[0]
+
+
+@_attention_key_padded_triton.register_fake
+def _(q, k, v, key_start, causal, dropout_p, scale, seed):
+    return q.new_empty(q.shape)
 
 
 @torch.library.custom_op("fastgpt::attention_backward", mutates_args=())
