@@ -212,6 +212,22 @@ def test_padded_batch_generates_what_each_prompt_does_alone(use_cache, new_token
         assert out[b, -new_tokens:].tolist() == alone[0, len(p):].tolist(), b
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_padded_generation_on_the_triton_kernels(use_cache):
+    """The same greedy tokens with every op that has a Triton kernel on it (interpreter on the CPU),
+    attention's key padding included."""
+    _, model = _pair()
+    model.eval()
+    triton = GPT(GPTConfig(**SMALL, backend="triton")).eval()
+    triton.load_state_dict(model.state_dict())
+    idx, mask = _left_pad([torch.randint(0, SMALL["vocab_size"], (n,)).tolist() for n in (9, 4, 1)])
+    torch.manual_seed(0)
+    want = model.generate(idx, 5, top_k=1, use_cache=use_cache, attention_mask=mask)
+    with fastgpt.use_backend(attention="triton"):  # forced: a silent fallback would raise
+        got = triton.generate(idx, 5, top_k=1, use_cache=use_cache, attention_mask=mask)
+    assert got.tolist() == want.tolist()
+
+
 def test_attention_mask_must_be_left_padding():
     _, model = _pair()
     idx = torch.zeros(2, 4, dtype=torch.long)
