@@ -131,7 +131,7 @@ def test_errors(tmp_path):
     (tmp_path / "wrong" / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
     with pytest.raises(CheckpointError, match="not GPT-2"):
         GPT.from_pretrained(tmp_path / "wrong")
-    with pytest.raises(ValueError, match="only override dropout and backend"):
+    with pytest.raises(ValueError, match="only override dropout, backend and fused_loss"):
         GPT.from_pretrained(tmp_path / "m", n_layer=4)
 
 
