@@ -37,7 +37,8 @@ IEEE fp32 dots (``input_precision="ieee"``, no TF32). Softmax statistics, the ro
 Determinism: the backward uses no atomics. One kernel owns a KV block and loops over Q blocks
 (dk, dv); another owns a Q block and loops over KV blocks (dq). Each output element is summed
 in a fixed order, so repeated calls give bit-identical gradients (for a fixed config, which
-the launchers choose deterministically from device, head dim, dtype and T).
+the launchers choose deterministically from device, head dim, dtype, T and the device's
+tuning table).
 """
 import math
 
@@ -45,6 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastgpt.kernels import tuning
 from fastgpt.kernels._launch import on_device
 from fastgpt.kernels.limits import ATTENTION_HEAD_DIMS as SUPPORTED_HEAD_DIMS
 from fastgpt.kernels.limits import ATTENTION_MAX_BATCH_HEADS, INTERPRETER_DOT_DTYPES, SHARED_MEMORY_PER_BLOCK
@@ -537,9 +539,11 @@ def _attention_dropout_mask_kernel(MASK_ptr, Tq, Tk, seed, dropout_p,
 # =============================================================================================
 # Configs: one function per kernel lists the candidates for a target, best first; a prune
 # filter drops those that overflow shared memory or whose tiles exceed the padded sequence
-# lengths. The launchers take the first survivor, so the choice is a pure function of
-# (arch, hs, dtype, dropout, Tq, Tk) and gradients are bit-reproducible from run to run:
-# autotuning by timing would let block sizes, hence summation order, vary between processes.
+# lengths. The launchers take the survivor that this device's tuning table names for the
+# call (kernels/tuned/, measured by scripts/tune.py), else the first survivor, so the choice is
+# a pure function of the table and (arch, hs, dtype, dropout, causal, Tq, Tk) and gradients are
+# bit-reproducible from run to run: autotuning by timing at run time would let block sizes,
+# hence summation order, vary between processes.
 # Every candidate is compiled for sm_80 and sm_90 by tests/test_aot_attention.py, which fails
 # on register spills and on shared memory over the limit. Dropout's Philox rounds cost about
 # 30-70 registers per thread, which is why some lists differ with DROPOUT.
@@ -630,7 +634,9 @@ def _prune_configs(kind, configs, head_dim, Tq, Tk, elt, shared_limit):
     return kept or fits[-1:]
 
 
-def _arch_and_shared_limit(device):
+def device_target(device):
+    """(arch, shared-memory bytes per block) of a CUDA device: arch 90 for Hopper and later,
+    else 80; what the candidate lists and the prune filter are chosen by."""
     major, minor = torch.cuda.get_device_capability(device)
     arch = 90 if major >= 9 else 80
     try:
@@ -641,17 +647,42 @@ def _arch_and_shared_limit(device):
     return arch, limit
 
 
-def _pick_config(kind, device, head_dim, dtype, dropout, Tq, Tk):
+def _cuda_device(device):
+    return torch.device("cuda", torch.cuda.current_device()) if device.index is None else device
+
+
+def config_candidates(kind, arch, shared_limit, head_dim, dtype, dropout, Tq, Tk):
+    """The ordered candidate configs of kernel ``kind`` for a call on a device of ``arch`` with
+    ``shared_limit`` bytes of shared memory per block (``device_target``): the launchers take
+    the tuned one among them (``fastgpt.kernels.tuning``), else the first; ``scripts/tune.py``
+    times them all."""
+    if dtype == torch.float32:
+        return [_FP32_CONFIG]
+    elt = torch.finfo(dtype).bits // 8
+    return _prune_configs(kind, _CONFIG_LISTS[kind](arch, head_dim, dropout), head_dim, Tq, Tk, elt, shared_limit)
+
+
+def config_fields(cfg):
+    """A config as the tuning table records it."""
+    return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
+def tuning_key(head_dim, dtype, dropout, causal, Tq, Tk):
+    """The tuning-table key of a call; sequence lengths share an entry per power of two, as
+    they share the pruned candidate list."""
+    return {"head_dim": head_dim, "dtype": dtype, "dropout": bool(dropout), "causal": bool(causal),
+            "Tq": tuning.bucket(Tq), "Tk": tuning.bucket(Tk)}
+
+
+def _pick_config(kind, device, head_dim, dtype, dropout, Tq, Tk, causal=True):
     if device.type != "cuda":
         return _INTERPRETER_CONFIGS[kind]
-    if device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    arch, limit = _arch_and_shared_limit(device)
-    elt = torch.finfo(dtype).bits // 8
+    device = _cuda_device(device)
+    candidates = config_candidates(kind, *device_target(device), head_dim, dtype, dropout, Tq, Tk)
     if dtype == torch.float32:
-        return _FP32_CONFIG
-    candidates = _CONFIG_LISTS[kind](arch, head_dim, dropout)
-    return _prune_configs(kind, candidates, head_dim, Tq, Tk, elt, limit)[0]
+        return candidates[0]
+    return tuning.pick(f"attention.{kind}", device,
+                       tuning_key(head_dim, dtype, dropout, causal, Tq, Tk), candidates, config_fields)
 
 
 # =============================================================================================
@@ -775,7 +806,7 @@ def attention_fwd(q, k, v, causal: bool, scale: float, dropout_p: float = 0.0, s
     if o.numel() == 0:
         return o, lse
     q, k, v = _to_contract(q), _to_contract(k), _to_contract(v)
-    cfg = _pick_config("fwd", q.device, D, q.dtype, dropout_p > 0, Tq, Tk)
+    cfg = _pick_config("fwd", q.device, D, q.dtype, dropout_p > 0, Tq, Tk, causal)
     with on_device(q):
         _launch_fwd(q, k, v, o, lse, causal, scale, dropout_p, seed, cfg)
     return o, lse
@@ -832,8 +863,8 @@ def attention_bwd(do, q, k, v, o, lse, causal: bool, scale: float, dropout_p: fl
     o = _to_contract(o)
     lse = lse.contiguous()
     delta = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
-    cfg_dkdv = _pick_config("dkdv", q.device, D, q.dtype, dropout_p > 0, Tq, Tk)
-    cfg_dq = _pick_config("dq", q.device, D, q.dtype, dropout_p > 0, Tq, Tk)
+    cfg_dkdv = _pick_config("dkdv", q.device, D, q.dtype, dropout_p > 0, Tq, Tk, causal)
+    cfg_dq = _pick_config("dq", q.device, D, q.dtype, dropout_p > 0, Tq, Tk, causal)
     with on_device(q):
         _launch_bwd(do, q, k, v, o, lse, delta, dq, dk, dv, causal, scale, dropout_p, seed,
                     cfg_dkdv, cfg_dq)
@@ -843,25 +874,69 @@ def attention_bwd(do, q, k, v, o, lse, causal: bool, scale: float, dropout_p: fl
 def _launch_bwd(do, q, k, v, o, lse, delta, dq, dk, dv, causal, scale, dropout_p, seed,
                 cfg_dkdv, cfg_dq):
     """Launch the three backward kernels with explicit configs."""
-    B, H, Tq, D = q.shape
-    Tk = k.shape[2]
-    pre_bm = 64 if q.device.type == "cuda" else 32
+    _launch_bwd_preprocess(o, do, delta)
+    _launch_bwd_dkdv(q, k, v, do, lse, delta, dk, dv, causal, scale, dropout_p, seed, cfg_dkdv)
+    _launch_bwd_dq(q, k, v, do, lse, delta, dq, causal, scale, dropout_p, seed, cfg_dq)
+
+
+def _launch_bwd_preprocess(o, do, delta):
+    B, H, Tq, D = o.shape
+    pre_bm = 64 if o.device.type == "cuda" else 32
     _attention_bwd_preprocess_kernel[(triton.cdiv(Tq, pre_bm), B * H)](
         o, do, delta, *_strides(o), *_strides(do), H, Tq, BLOCK_M=pre_bm, HEAD_DIM=D)
+
+
+def _bwd_args(q, k, causal, scale, dropout_p, seed):
+    """The scalar arguments and constexprs shared by the dk/dv and dq kernels."""
+    B, H, Tq, D = q.shape
+    scalars = (H, Tq, k.shape[2], scale * LOG2E, scale, _seed64(seed), float(dropout_p),
+               1.0 / (1.0 - dropout_p))
     common = dict(HEAD_DIM=D, CAUSAL=bool(causal), DROPOUT=dropout_p > 0,
                   DOT_PRECISION=_dot_precision(q.dtype))
-    scalars = (H, Tq, Tk, scale * LOG2E, scale, _seed64(seed), float(dropout_p),
-               1.0 / (1.0 - dropout_p))
-    bm, bn = cfg_dkdv.kwargs["BLOCK_M"], cfg_dkdv.kwargs["BLOCK_N"]
+    return scalars, common
+
+
+def _launch_bwd_dkdv(q, k, v, do, lse, delta, dk, dv, causal, scale, dropout_p, seed, cfg):
+    scalars, common = _bwd_args(q, k, causal, scale, dropout_p, seed)
+    B, H, Tk = k.shape[0], k.shape[1], k.shape[2]
+    bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
     _attention_bwd_dkdv_kernel[(triton.cdiv(Tk, bn), B * H)](
         q, k, v, do, lse, delta, dk, dv, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
         *_strides(dk), *_strides(dv), *scalars, BLOCK_M=bm, BLOCK_N=bn, **common,
-        num_warps=cfg_dkdv.num_warps, num_stages=cfg_dkdv.num_stages)
-    bm, bn = cfg_dq.kwargs["BLOCK_M"], cfg_dq.kwargs["BLOCK_N"]
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def _launch_bwd_dq(q, k, v, do, lse, delta, dq, causal, scale, dropout_p, seed, cfg):
+    scalars, common = _bwd_args(q, k, causal, scale, dropout_p, seed)
+    B, H, Tq = q.shape[0], q.shape[1], q.shape[2]
+    bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
     _attention_bwd_dq_kernel[(triton.cdiv(Tq, bm), B * H)](
         q, k, v, do, lse, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
         *_strides(dq), *scalars, BLOCK_M=bm, BLOCK_N=bn, **common,
-        num_warps=cfg_dq.num_warps, num_stages=cfg_dq.num_stages)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+# Tuning interface (scripts/tune.py): TUNABLE names the kernels a sweep times;
+# device_target, config_candidates, config_fields and tuning_key (above) give their candidates
+# and table key;
+# launch_with_config runs one of them with an explicit config on tensors that follow the
+# launchers' contract (contiguous q, k, v, do; o and lse from the forward; delta = the fp32
+# rowsum of o * do, (B, nh, Tq) contiguous; outputs allocated by the caller).
+TUNABLE = ("fwd", "dkdv", "dq")
+
+
+def launch_with_config(kind, cfg, *, q, k, v, causal, scale, dropout_p=0.0, seed=0, o=None, lse=None,
+                       do=None, delta=None, dq=None, dk=None, dv=None):
+    """Launch kernel ``kind`` of TUNABLE with ``cfg``; it writes (o, lse), (dk, dv) or dq."""
+    with on_device(q):
+        if kind == "fwd":
+            _launch_fwd(q, k, v, o, lse, causal, scale, dropout_p, seed, cfg)
+        elif kind == "dkdv":
+            _launch_bwd_dkdv(q, k, v, do, lse, delta, dk, dv, causal, scale, dropout_p, seed, cfg)
+        elif kind == "dq":
+            _launch_bwd_dq(q, k, v, do, lse, delta, dq, causal, scale, dropout_p, seed, cfg)
+        else:
+            raise ValueError(f"kind must be one of {TUNABLE}, got {kind!r}")
 
 
 def dropout_mask(B, H, Tq, Tk, dropout_p, seed, device):

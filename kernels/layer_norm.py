@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastgpt.kernels import tuning
 from fastgpt.kernels._launch import num_sms, on_device
 from fastgpt.kernels._reduce import column_sum
 from fastgpt.kernels.limits import DTYPES as _DTYPES
@@ -48,6 +49,59 @@ def launch_config(N: int) -> dict:
         "num_warps": num_warps,
         "programs_per_sm": {4: 8, 8: 2, 16: 1}[num_warps],
     }
+
+
+# Tuning interface (scripts/tune.py, fastgpt.kernels.tuning): the kernels a sweep times, their
+# candidate configs (launch_config's first), the table key and a launch with a given config.
+TUNABLE = ("fwd", "bwd")
+
+
+def config_candidates(kind: str, N: int) -> list:
+    """Candidate configs of the forward ("fwd": BLOCK_M, num_warps) or the backward ("bwd":
+    num_warps, programs_per_sm) for rows of width ``N``, ``launch_config``'s choice first.
+
+    The others keep 8 or 16 fp32 row values per thread (launch_config's choice has 16): fewer
+    leave the loads narrow, more would approach spilling.
+    """
+    base = launch_config(N)
+    block_n = base["BLOCK_N"]
+    if kind == "fwd":
+        first = {"BLOCK_M": base["BLOCK_M"], "num_warps": base["num_warps"]}
+        others = [{"BLOCK_M": bm, "num_warps": w} for bm in (1, 2, 4, 8) for w in (2, 4, 8, 16)
+                  if bm * block_n <= MAX_N and bm * block_n // (32 * w) in (8, 16)]
+    elif kind == "bwd":
+        first = {"num_warps": base["num_warps"], "programs_per_sm": base["programs_per_sm"]}
+        others = [{"num_warps": w, "programs_per_sm": p} for w in (2, 4, 8, 16) for p in (1, 2, 4, 8)
+                  if block_n // (32 * w) in (4, 8, 16)]
+    else:
+        raise ValueError(f"kind must be one of {TUNABLE}, got {kind!r}")
+    return [first] + [c for c in others if c != first]
+
+
+def config_fields(cfg: dict) -> dict:
+    return dict(cfg)
+
+
+def tuning_key(M: int, N: int, dtype) -> dict:
+    """The tuning-table key of a call: the exact width, rows per power of two, the dtype."""
+    return {"N": N, "M": tuning.bucket(M), "dtype": dtype}
+
+
+def _pick(kind, x):
+    M, N = x.shape
+    candidates = config_candidates(kind, N)
+    if not x.is_cuda:
+        return candidates[0]
+    return tuning.pick(f"layer_norm.{kind}", x.device, tuning_key(M, N, x.dtype), candidates)
+
+
+def launch_with_config(kind, cfg, **args):
+    """``layer_norm_fwd(**args)`` or ``layer_norm_bwd(**args)`` with config ``cfg``."""
+    if kind == "fwd":
+        return layer_norm_fwd(**args, config=cfg)
+    if kind == "bwd":
+        return layer_norm_bwd(**args, config=cfg)
+    raise ValueError(f"kind must be one of {TUNABLE}, got {kind!r}")
 
 
 @triton.jit
@@ -213,7 +267,7 @@ def _contiguous(t):
     return None if t is None else t.contiguous()
 
 
-def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float):
+def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float, config=None):
     """LayerNorm over the last dimension of a 2-D ``x`` (M, N).
 
     x:      (M, N), float32/float16/bfloat16, any row stride; if the column stride is not 1
@@ -221,6 +275,8 @@ def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float):
     weight: (N,) in x's dtype, or None (no scale); copied if not contiguous.
     bias:   (N,) in x's dtype, or None (no shift); copied if not contiguous.
     eps:    added to the variance.
+    config: a forward config from ``config_candidates("fwd", N)``; default: the tuned one
+            for this call (``fastgpt.kernels.tuning``), else ``launch_config``'s.
     Returns ``(y, mean, rstd)``: y (M, N) contiguous in x's dtype; mean and rstd (M,) fp32,
     rstd = 1 / sqrt(var + eps) with the biased variance, as the backward expects.
     Raises ValueError on a non-2-D x, an unsupported dtype, N outside [1, MAX_N], or a
@@ -237,7 +293,8 @@ def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float):
     rstd = torch.empty((M,), dtype=torch.float32, device=x.device)
     if M == 0:
         return y, mean, rstd
-    cfg = launch_config(N)
+    cfg = config or _pick("fwd", x)
+    block_n = triton.next_power_of_2(N)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]),)
     with on_device(x):
         _layer_norm_fwd_kernel[grid](
@@ -246,27 +303,28 @@ def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float):
             mean, rstd,
             x.stride(0), y.stride(0),
             M, N, float(eps),
-            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=block_n,
             HAS_W=weight is not None, HAS_B=bias is not None,
             num_warps=cfg["num_warps"], num_stages=1,
         )
     return y, mean, rstd
 
 
-def backward_grid(M: int, N: int, device: torch.device):
+def backward_grid(M: int, N: int, device: torch.device, programs_per_sm: int = None):
     """``(G, rows_per_program)`` for the backward: G programs, each owning a row block.
 
-    G depends only on M, N and the device's SM count, so the partial-sum order (and thus
-    dweight/dbias) is reproducible on a given device.
+    G depends only on M, N, the device's SM count and ``programs_per_sm`` (default
+    ``launch_config``'s), so the partial-sum order (and thus dweight/dbias) is reproducible on
+    a given device with a given tuning table.
     """
-    cfg = launch_config(N)
-    target = min(num_sms(device) * cfg["programs_per_sm"], triton.cdiv(M, _MIN_ROWS_PER_PROG))
+    programs_per_sm = programs_per_sm or launch_config(N)["programs_per_sm"]
+    target = min(num_sms(device) * programs_per_sm, triton.cdiv(M, _MIN_ROWS_PER_PROG))
     rows_per_prog = triton.cdiv(M, max(1, target))
     return triton.cdiv(M, rows_per_prog), rows_per_prog
 
 
 def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.Tensor,
-                   rstd: torch.Tensor):
+                   rstd: torch.Tensor, config=None):
     """Gradients of ``layer_norm_fwd``: returns ``(dx, dweight, dbias)``.
 
     dy, x:      (M, N) in the same dtype and on the same device, any row strides (copied if
@@ -274,6 +332,8 @@ def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.
     weight:     (N,) in x's dtype, or None; bias: (N,) in x's dtype, or None (only its
                 presence matters: dbias is computed iff bias is not None).
     mean, rstd: (M,) fp32, as returned by ``layer_norm_fwd``.
+    config:     a backward config from ``config_candidates("bwd", N)``; default: the tuned
+                one for this call, else ``launch_config``'s.
     Returns dx (M, N) contiguous in x's dtype, dweight in weight's dtype (None if weight is
     None) and dbias in bias's dtype (None if bias is None). dweight/dbias are reduced without
     atomics in a fixed order: bit-identical from run to run on the same device.
@@ -299,8 +359,8 @@ def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.
     dweight = torch.empty_like(weight) if has_dw else None
     dbias = torch.empty_like(bias) if has_db else None
 
-    cfg = launch_config(N)
-    G, rows_per_prog = backward_grid(M, N, x.device)
+    cfg = config or _pick("bwd", x)
+    G, rows_per_prog = backward_grid(M, N, x.device, cfg["programs_per_sm"])
     f32 = dict(dtype=torch.float32, device=x.device)
     dw_part = torch.empty((G, N), **f32) if has_dw else dx
     db_part = torch.empty((G, N), **f32) if has_db else dx
@@ -309,7 +369,7 @@ def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.
             dy, x, weight if has_dw else x, mean, rstd, dx, dw_part, db_part,
             dy.stride(0), x.stride(0), dx.stride(0),
             M, N, rows_per_prog,
-            BLOCK_N=cfg["BLOCK_N"],
+            BLOCK_N=triton.next_power_of_2(N),
             HAS_W=has_dw, HAS_DW=has_dw, HAS_DB=has_db,
             num_warps=cfg["num_warps"], num_stages=1,
         )

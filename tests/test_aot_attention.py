@@ -72,7 +72,7 @@ def test_every_pruned_config_fits(arch, head_dim, kind, dropout):
 @pytest.mark.parametrize("arch", [80, 90])
 def test_fp32_choice_fits(arch, head_dim, kind, monkeypatch):
     # The launcher's fp32 pick, as _pick_config makes it on a GPU of this arch.
-    monkeypatch.setattr(A, "_arch_and_shared_limit", lambda device: (arch, SHARED_LIMIT[arch]))
+    monkeypatch.setattr(A, "device_target", lambda device: (arch, SHARED_LIMIT[arch]))
     cfg = A._pick_config(kind, torch.device("cuda", 0), head_dim, torch.float32, False, T, T)
     _compile(kind, cfg, arch, head_dim, False, dtype="fp32")
 
