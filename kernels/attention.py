@@ -813,12 +813,13 @@ def attention_fwd(q, k, v, causal: bool, scale: float, dropout_p: float = 0.0, s
 
 
 def _launch_fwd(q, k, v, o, lse, causal, scale, dropout_p, seed, cfg):
-    """Launch the forward with an explicit config (the benchmarks sweep configs through it)."""
+    """Launch the forward with an explicit config; returns what Triton's launch returns (the
+    compiled kernel, whose n_spills the sweep reads)."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
     grid = (triton.cdiv(Tq, bm), B * H)
-    _attention_fwd_kernel[grid](
+    return _attention_fwd_kernel[grid](
         q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         H, Tq, Tk, scale * LOG2E, _seed64(seed), float(dropout_p), 1.0 / (1.0 - dropout_p),
         BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=D, CAUSAL=bool(causal), DROPOUT=dropout_p > 0,
@@ -900,7 +901,7 @@ def _launch_bwd_dkdv(q, k, v, do, lse, delta, dk, dv, causal, scale, dropout_p, 
     scalars, common = _bwd_args(q, k, causal, scale, dropout_p, seed)
     B, H, Tk = k.shape[0], k.shape[1], k.shape[2]
     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
-    _attention_bwd_dkdv_kernel[(triton.cdiv(Tk, bn), B * H)](
+    return _attention_bwd_dkdv_kernel[(triton.cdiv(Tk, bn), B * H)](
         q, k, v, do, lse, delta, dk, dv, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
         *_strides(dk), *_strides(dv), *scalars, BLOCK_M=bm, BLOCK_N=bn, **common,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -910,7 +911,7 @@ def _launch_bwd_dq(q, k, v, do, lse, delta, dq, causal, scale, dropout_p, seed, 
     scalars, common = _bwd_args(q, k, causal, scale, dropout_p, seed)
     B, H, Tq = q.shape[0], q.shape[1], q.shape[2]
     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
-    _attention_bwd_dq_kernel[(triton.cdiv(Tq, bm), B * H)](
+    return _attention_bwd_dq_kernel[(triton.cdiv(Tq, bm), B * H)](
         q, k, v, do, lse, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
         *_strides(dq), *scalars, BLOCK_M=bm, BLOCK_N=bn, **common,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -927,16 +928,16 @@ TUNABLE = ("fwd", "dkdv", "dq")
 
 def launch_with_config(kind, cfg, *, q, k, v, causal, scale, dropout_p=0.0, seed=0, o=None, lse=None,
                        do=None, delta=None, dq=None, dk=None, dv=None):
-    """Launch kernel ``kind`` of TUNABLE with ``cfg``; it writes (o, lse), (dk, dv) or dq."""
+    """Launch kernel ``kind`` of TUNABLE with ``cfg``; it writes (o, lse), (dk, dv) or dq.
+    Returns Triton's compiled kernel (None under the interpreter)."""
     with on_device(q):
         if kind == "fwd":
-            _launch_fwd(q, k, v, o, lse, causal, scale, dropout_p, seed, cfg)
-        elif kind == "dkdv":
-            _launch_bwd_dkdv(q, k, v, do, lse, delta, dk, dv, causal, scale, dropout_p, seed, cfg)
-        elif kind == "dq":
-            _launch_bwd_dq(q, k, v, do, lse, delta, dq, causal, scale, dropout_p, seed, cfg)
-        else:
-            raise ValueError(f"kind must be one of {TUNABLE}, got {kind!r}")
+            return _launch_fwd(q, k, v, o, lse, causal, scale, dropout_p, seed, cfg)
+        if kind == "dkdv":
+            return _launch_bwd_dkdv(q, k, v, do, lse, delta, dk, dv, causal, scale, dropout_p, seed, cfg)
+        if kind == "dq":
+            return _launch_bwd_dq(q, k, v, do, lse, delta, dq, causal, scale, dropout_p, seed, cfg)
+        raise ValueError(f"kind must be one of {TUNABLE}, got {kind!r}")
 
 
 def dropout_mask(B, H, Tq, Tk, dropout_p, seed, device):

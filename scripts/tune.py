@@ -16,8 +16,9 @@ Each candidate is timed with CUDA events: the median of --reps runs, each after 
 buffer twice the L2 size (the L2 starts cold) and a short GPU spin (the launch is queued before
 the GPU reaches it, so host overhead stays out of small kernels' times); the inputs rotate
 among as many copies as make twice the L2. The fastest candidate whose outputs are all written
-(poisoned first) and pass the 2x rule against the fp32 reference (tests/helpers.py) becomes the
-table entry; a failing one is reported and the next fastest tried. The table is rewritten after
+(poisoned first), that pass the 2x rule against the fp32 reference (tests/helpers.py), and
+(attention) whose compiled kernel spills no registers (Triton's n_spills, as the AOT tests
+demand) becomes the table entry; a failing one is reported and the next fastest tried. The table is rewritten after
 every point, so a sweep stopped at any moment leaves a valid table of what it finished.
 
 Before timing, --workers processes launch every (point, kernel, config) once, sharded by
@@ -69,6 +70,7 @@ os.environ["FASTGPT_TUNED"] = "0"
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+import triton  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from fastgpt import reference  # noqa: E402
@@ -127,14 +129,17 @@ class AttentionTarget:
     def compile_group(self, pt, kind, cfg):
         return (kind, str(pt["dtype"]), pt["D"], pt["dropout"], json.dumps(A.config_fields(cfg), sort_keys=True))
 
-    def setup(self, pt, n_sets):
+    def setup(self, pt, n_sets, warm=False):
         T, D, dtype = pt["T"], pt["D"], pt["dtype"]
         B, H = (1, 2) if self.dry else (max(1, self.tokens // T), 768 // D)
         p = self.dropout_p if pt["dropout"] else 0.0
         st = dict(B=B, H=H, T=T, D=D, dtype=dtype, p=p, scale=D ** -0.5, sets=[])
         for _ in range(n_sets):
             q, k, v, do = (torch.randn(B, H, T, D, device=DEVICE, dtype=dtype) for _ in range(4))
-            o, lse = A.attention_fwd(q, k, v, True, st["scale"], p, self.seed)
+            if warm:  # a warm-up launch only compiles: any o and lse of the right shapes will do
+                o, lse = torch.randn_like(q), torch.zeros(B, H, T, device=DEVICE)
+            else:
+                o, lse = A.attention_fwd(q, k, v, True, st["scale"], p, self.seed)
             delta = (o.float() * do.float()).sum(-1)
             st["sets"].append(dict(q=q, k=k, v=v, do=do, lse=lse, delta=delta))
         shape = (B, H, T, D)
@@ -149,7 +154,7 @@ class AttentionTarget:
 
     def run(self, kind, cfg, st, i):
         s, out = st["sets"][i], st["out"]
-        A.launch_with_config(kind, cfg, q=s["q"], k=s["k"], v=s["v"], causal=True, scale=st["scale"],
+        return A.launch_with_config(kind, cfg, q=s["q"], k=s["k"], v=s["v"], causal=True, scale=st["scale"],
                              dropout_p=st["p"], seed=self.seed, o=out["o"], lse=out["lse"], do=s["do"],
                              delta=s["delta"], dq=out["dq"], dk=out["dk"], dv=out["dv"])
 
@@ -176,7 +181,11 @@ class AttentionTarget:
         names = {"fwd": ("o", "lse"), "dkdv": ("dk", "dv"), "dq": ("dq",)}[kind]
         for n in names:
             out[n].fill_(NAN)
-        self.run(kind, cfg, st, 0)
+        compiled = self.run(kind, cfg, st, 0)
+        # Triton fills n_spills when it loads a kernel on the GPU; the AOT tests reject spills.
+        spills = getattr(compiled, "n_spills", 0) or 0
+        if spills:
+            raise AssertionError(f"spills {spills} bytes of registers under triton {triton.__version__}")
         ref, hs = self._oracle(st), min(2, st["H"])
         for n in names:
             if not torch.isfinite(out[n]).all():
@@ -213,7 +222,7 @@ class RowTarget:
     def bytes_per_set(self, pt):
         return 3 * pt["M"] * pt["N"] * torch.finfo(pt["dtype"]).bits // 8
 
-    def setup(self, pt, n_sets):
+    def setup(self, pt, n_sets, warm=False):
         M, N, dtype = pt["M"], pt["N"], pt["dtype"]
         st = dict(pt=pt, sets=[])
         for _ in range(n_sets):
@@ -257,7 +266,8 @@ class LayerNormTarget(RowTarget):
         return 1 << (pt["N"] - 1).bit_length()
 
     def prepare(self, s):
-        _, s["mean"], s["rstd"] = L.layer_norm_fwd(s["x"], s["w"], s["b"], 1e-5)
+        x = s["x"].float()
+        s["mean"], s["rstd"] = x.mean(1), torch.rsqrt(x.var(1, unbiased=False) + 1e-5)
 
     def reference(self, x, w, b):
         return F.layer_norm(x, (x.shape[1],), w, b, 1e-5)
@@ -367,8 +377,6 @@ def driver_version():
 
 
 def new_table(targets, args, started):
-    import triton
-
     name, cap = device_identity()
     props = torch.cuda.get_device_properties(DEVICE) if DEVICE.type == "cuda" else None
     return {
@@ -446,7 +454,7 @@ def warm_shard(targets, index, count, log):
                 if zlib.crc32(repr(target.compile_group(pt, kind, cfg)).encode()) % count == index]
         if not mine:
             continue
-        st = target.setup(pt, 1)
+        st = target.setup(pt, 1, warm=True)
         for kind, cfg in mine:
             try:
                 target.run(kind, cfg, st, 0)
