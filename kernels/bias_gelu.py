@@ -66,15 +66,16 @@ def config_candidates(kind: str, N: int) -> list:
     ("bwd": the same, BLOCK_M being rows per loop step, and programs_per_sm) for width ``N``,
     ``launch_config``'s choice first.
 
-    BLOCK_N is launch_config's or half of it (>= 128); tiles keep 8 to 32 values per thread in
-    the forward and 4 to 16 in the backward, which also holds dy and an fp32 accumulator.
+    BLOCK_N is launch_config's or half of it (>= 128); tiles keep 8 to 16 values per thread in
+    the forward (32 spill at 8 warps, tests/test_aot_norms.py) and 4 to 16 in the backward,
+    which also holds dy and an fp32 accumulator.
     """
     base = launch_config(N)
     widths = [b for b in (base["BLOCK_N"], base["BLOCK_N"] // 2) if b >= 128]
     if kind == "fwd":
         first = {"BLOCK_M": base["BLOCK_M"], "BLOCK_N": base["BLOCK_N"], "num_warps": base["num_warps"]}
         others = [{"BLOCK_M": tile // bn, "BLOCK_N": bn, "num_warps": w} for bn in widths
-                  for tile in (2048, 4096, 8192) for w in (4, 8) if 8 <= tile // (32 * w) <= 32]
+                  for tile in (2048, 4096) for w in (4, 8) if 8 <= tile // (32 * w) <= 16]
     elif kind == "bwd":
         first = {"BLOCK_M": base["BWD_BLOCK_M"], "BLOCK_N": base["BLOCK_N"], "num_warps": base["num_warps"],
                  "programs_per_sm": _PROGRAMS_PER_SM}
