@@ -1,8 +1,10 @@
 """scripts/gpu_check.sh --dry-run: every stage of the GPU check on this CPU with tiny shapes (what
-needs CUDA says so), and its $OUT within what the device tool brings back."""
+needs CUDA says so), its $OUT within what the device tool brings back, and scripts/harvest.py
+on that output, into a scratch copy of the repository's README."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -70,3 +72,29 @@ def test_table_and_benchmarks_came_back(dry_run):
     skipped = " ".join(summary["peers"]["skipped"])
     for peer in ("sdpa-cudnn", "sdpa-efficient", "torch.compile", "liger", "reference+compile"):
         assert peer in skipped  # each peer the CPU cannot run is listed with its reason
+
+
+@pytest.mark.slow
+def test_harvest(dry_run, tmp_path):
+    _, out, _ = dry_run
+    harvest = [sys.executable, os.path.join(ROOT, "scripts", "harvest.py"), str(out), "--repo", str(tmp_path), "--date", "2026-01-02"]
+    shutil.copy(os.path.join(ROOT, "README.md"), tmp_path / "README.md")
+    refused = subprocess.run(harvest, capture_output=True, text=True)
+    assert refused.returncode != 0 and "dry run" in refused.stderr
+    done = subprocess.run(harvest + ["--allow-dry-run"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    name = tuning.table_name("cpu (dry run)", (0, 0))
+    assert (tmp_path / "kernels" / "tuned" / name).read_bytes() == (out / name).read_bytes()
+    for ext in ("json", "md", "png"):
+        assert (tmp_path / "benchmarks" / "results" / f"2026-01-02-cpu-dry-run.{ext}").stat().st_size > 0
+    readme = (tmp_path / "README.md").read_text()
+    section = _inside(readme)
+    assert "| attention case | triton ms | sdpa-flash ms (ratio) |" in section
+    assert "Peers not measured, and why" in section and "Tuned configs: `kernels/tuned/" in section
+    with open(os.path.join(ROOT, "README.md")) as f:
+        original = f.read()
+    assert readme.replace(section, "") == original.replace(_inside(original), "")  # only the section changed
+
+
+def _inside(readme):
+    return readme.split("<!-- gpu-results:start -->", 1)[1].split("<!-- gpu-results:end -->", 1)[0]
