@@ -677,12 +677,19 @@ def tuning_key(head_dim, dtype, dropout, causal, Tq, Tk):
 def _pick_config(kind, device, head_dim, dtype, dropout, Tq, Tk, causal=True):
     if device.type != "cuda":
         return _INTERPRETER_CONFIGS[kind]
-    device = _cuda_device(device)
-    candidates = config_candidates(kind, *device_target(device), head_dim, dtype, dropout, Tq, Tk)
     if dtype == torch.float32:
-        return candidates[0]
-    return tuning.pick(f"attention.{kind}", device,
-                       tuning_key(head_dim, dtype, dropout, causal, Tq, Tk), candidates, config_fields)
+        return _FP32_CONFIG
+    return _tuned_config(kind, _cuda_device(device).index, head_dim, dtype, bool(dropout), bool(causal),
+                         tuning.bucket(Tq), tuning.bucket(Tk))
+
+
+@tuning.cached
+def _tuned_config(kind, index, head_dim, dtype, dropout, causal, Tq, Tk):
+    # Tq, Tk as powers of two: the prune filter and the table key see no more of them.
+    device = torch.device("cuda", index)
+    candidates = config_candidates(kind, *device_target(device), head_dim, dtype, dropout, Tq, Tk)
+    return tuning.pick(f"attention.{kind}", device, tuning_key(head_dim, dtype, dropout, causal, Tq, Tk),
+                       candidates, config_fields)
 
 
 # =============================================================================================

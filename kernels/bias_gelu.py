@@ -11,6 +11,7 @@ of columns) and writes one fp32 partial row into a (G, N) buffer, and
 ``fastgpt.kernels._reduce.column_sum`` sums its columns in a fixed order: bit-identical from run to
 run on a given device.
 """
+import functools
 
 import torch
 import triton
@@ -61,7 +62,8 @@ def launch_config(N: int) -> dict:
 TUNABLE = ("fwd", "bwd")
 
 
-def config_candidates(kind: str, N: int) -> list:
+@functools.lru_cache(maxsize=None)
+def config_candidates(kind: str, N: int) -> tuple:
     """Candidate configs of the forward ("fwd": BLOCK_M, BLOCK_N, num_warps) or the backward
     ("bwd": the same, BLOCK_M being rows per loop step, and programs_per_sm) for width ``N``,
     ``launch_config``'s choice first.
@@ -83,7 +85,7 @@ def config_candidates(kind: str, N: int) -> list:
                   for tile in (1024, 2048, 4096) for w in (4, 8) for p in (2, 4, 8) if 4 <= tile // (32 * w) <= 16]
     else:
         raise ValueError(f"kind must be one of {TUNABLE}, got {kind!r}")
-    return [first] + [c for c in others if c != first]
+    return (first, *[c for c in others if c != first])
 
 
 def config_fields(cfg: dict) -> dict:
@@ -97,10 +99,16 @@ def tuning_key(M: int, N: int, dtype, approximate: str) -> dict:
 
 def _pick(kind, x, approximate):
     M, N = x.shape
-    candidates = config_candidates(kind, N)
     if not x.is_cuda:
-        return candidates[0]
-    return tuning.pick(f"bias_gelu.{kind}", x.device, tuning_key(M, N, x.dtype, approximate), candidates)
+        return config_candidates(kind, N)[0]
+    index = torch.cuda.current_device() if x.device.index is None else x.device.index
+    return _tuned(kind, tuning.bucket(M), N, x.dtype, approximate, index)
+
+
+@tuning.cached
+def _tuned(kind, M, N, dtype, approximate, index):
+    return tuning.pick(f"bias_gelu.{kind}", torch.device("cuda", index), tuning_key(M, N, dtype, approximate),
+                       config_candidates(kind, N))
 
 
 def launch_with_config(kind, cfg, **args):

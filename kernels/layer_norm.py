@@ -10,6 +10,7 @@ contiguous block of rows and writes one fp32 partial row into a (G, N) buffer, t
 ``fastgpt.kernels._reduce.column_sum`` sums that buffer's columns in a fixed order, so the result is
 bit-identical from run to run on a given device.
 """
+import functools
 
 import torch
 import triton
@@ -56,7 +57,8 @@ def launch_config(N: int) -> dict:
 TUNABLE = ("fwd", "bwd")
 
 
-def config_candidates(kind: str, N: int) -> list:
+@functools.lru_cache(maxsize=None)
+def config_candidates(kind: str, N: int) -> tuple:
     """Candidate configs of the forward ("fwd": BLOCK_M, num_warps) or the backward ("bwd":
     num_warps, programs_per_sm) for rows of width ``N``, ``launch_config``'s choice first.
 
@@ -76,7 +78,7 @@ def config_candidates(kind: str, N: int) -> list:
                   if block_n // (32 * w) in (4, 8, 16)]
     else:
         raise ValueError(f"kind must be one of {TUNABLE}, got {kind!r}")
-    return [first] + [c for c in others if c != first]
+    return (first, *[c for c in others if c != first])
 
 
 def config_fields(cfg: dict) -> dict:
@@ -90,10 +92,15 @@ def tuning_key(M: int, N: int, dtype) -> dict:
 
 def _pick(kind, x):
     M, N = x.shape
-    candidates = config_candidates(kind, N)
     if not x.is_cuda:
-        return candidates[0]
-    return tuning.pick(f"layer_norm.{kind}", x.device, tuning_key(M, N, x.dtype), candidates)
+        return config_candidates(kind, N)[0]
+    index = torch.cuda.current_device() if x.device.index is None else x.device.index
+    return _tuned(kind, tuning.bucket(M), N, x.dtype, index)
+
+
+@tuning.cached
+def _tuned(kind, M, N, dtype, index):
+    return tuning.pick(f"layer_norm.{kind}", torch.device("cuda", index), tuning_key(M, N, dtype), config_candidates(kind, N))
 
 
 def launch_with_config(kind, cfg, **args):

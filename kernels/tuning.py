@@ -24,7 +24,8 @@ since the sweep: run it again), or when an entry names a config that is not amon
 launcher's candidates. Nothing here raises on a bad table.
 
 ``FASTGPT_TUNED_DIR`` points the lookup at another folder (the GPU check uses the table it has
-just measured); ``FASTGPT_TUNED=0`` ignores every table.
+just measured); ``FASTGPT_TUNED=0`` ignores every table. Tables, and the launchers' choices
+(``cached``), are read once per process: ``clear_cache()`` makes them read again.
 """
 import functools
 import hashlib
@@ -114,8 +115,8 @@ def validate(table) -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _load(path, mtime_ns, device_name, capability):
-    """The validated table at ``path`` (cached per file version), or None with one warning."""
+def _load(path, device_name, capability):
+    """The validated table at ``path``, or None with one warning."""
     try:
         with open(path, encoding="utf-8") as f:
             table = json.load(f)
@@ -142,11 +143,9 @@ def load_table(device_name: str, capability):
         return None
     capability = tuple(int(c) for c in capability)
     path = os.path.join(tables_dir(), table_name(device_name, capability))
-    try:
-        mtime = os.stat(path).st_mtime_ns
-    except OSError:
+    if not os.path.exists(path):
         return None
-    return _load(path, mtime, device_name, capability)
+    return _load(path, device_name, capability)
 
 
 def lookup(kernel: str, device_name: str, capability, key: dict):
@@ -193,8 +192,22 @@ def pick(kernel: str, device, key: dict, candidates, as_dict=dict):
     return candidates[0]
 
 
+_choices = []
+
+
+def cached(choose):
+    """A launcher's config choice, memoised (it runs on every kernel call; its arguments must
+    be hashable and determine the choice), and forgotten by ``clear_cache``."""
+    memo = functools.lru_cache(maxsize=4096)(choose)
+    _choices.append(memo)
+    return memo
+
+
 def clear_cache():
-    """Forget loaded tables, source hashes and warnings (tests; a table rewritten in place)."""
+    """Forget loaded tables, source hashes, the launchers' choices and the warnings given
+    (tests; a table rewritten in place)."""
     _load.cache_clear()
     _source_hash.cache_clear()
+    for memo in _choices:
+        memo.cache_clear()
     _warned.clear()
