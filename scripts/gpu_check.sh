@@ -41,7 +41,7 @@ if [ "$DRY" = 1 ]; then
 fi
 
 # name:budget seconds, in the order they run (the CUDA build runs beside tune, peers and e2e).
-STAGES=(env:15 carry:5 install:35 ceilings:15 tune:90 peers:60 e2e:130 build-wait:5 tests:70 qkv:15 memcheck:25 pack:10)
+STAGES=(env:15 carry:5 install:35 ceilings:15 tune:85 peers:75 e2e:120 build-wait:5 tests:65 qkv:15 memcheck:25 pack:10)
 T0=$(date +%s)
 SLACK=0
 echo "== gpu_check$([ "$DRY" = 1 ] && echo " --dry-run (limits x$SCALE)"): total budget ${TOTAL} s on ${CORES} cores; stages (budget s):"
