@@ -24,14 +24,14 @@ fi
 # ahead-of-time compile tests also compile the kernels with it (tests/aot.py, TRITON_36), so
 # an API or codegen difference shows up here rather than in a lent GPU's minutes.
 TRITON_GPU="triton==3.6.0"
-triton_dir="$VENV/triton-3.6.0"
-if [ ! -f "$triton_dir/.installed-${TRITON_GPU}" ]; then
-  echo "== installing $TRITON_GPU into $triton_dir (the GPU machine's, for the AOT compile tests)"
-  rm -rf "$triton_dir"
-  "$PY" -m pip install -q --no-deps --no-compile --target "$triton_dir" "$TRITON_GPU"
-  touch "$triton_dir/.installed-${TRITON_GPU}"
+triton_path="$VENV/triton-3.6.0"
+if [ ! -f "$triton_path/.installed-${TRITON_GPU}" ]; then
+  echo "== installing $TRITON_GPU into $triton_path (the GPU machine's, for the AOT compile tests)"
+  rm -rf "$triton_path"
+  "$PY" -m pip install -q --no-deps --no-compile --target "$triton_path" "$TRITON_GPU"
+  touch "$triton_path/.installed-${TRITON_GPU}"
 fi
-export FASTGPT_TRITON36_DIR="$triton_dir"
+export FASTGPT_TRITON36="$triton_path"
 
 # Rebuild fastgpt._C only when its sources, the build files or torch changed.
 # (torch's version from its metadata and the .so by name: importing either costs seconds)

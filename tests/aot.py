@@ -31,7 +31,7 @@ kernel's module by name (so kernels must live at module level in an importable m
 It calls ``pytest.skip`` when the installed Triton lacks the API it relies on or ``cuobjdump``
 is missing; a kernel that fails to compile fails the test.
 
-``triton_dir`` compiles with another Triton: a ``pip install --target`` folder put first on the
+``triton_path`` compiles with another Triton: a ``pip install --target`` folder put first on the
 child's path. ``TRITON_36`` is the GPU machine's version, which ``scripts/env.sh`` installs
 into ``.venv/triton-3.6.0`` so that an API or codegen difference shows up here, not in the lent
 minutes. ``TRITONS`` is what the full ladders compile with: the installed Triton, and 3.6 too
@@ -51,13 +51,13 @@ import pytest
 
 from fastgpt.kernels.limits import SHARED_MEMORY_PER_BLOCK as SHARED_LIMIT
 
-TRITON_36 = os.environ.get("FASTGPT_TRITON36_DIR") or os.path.join(sys.prefix, "triton-3.6.0")
+TRITON_36 = os.environ.get("FASTGPT_TRITON36") or os.path.join(sys.prefix, "triton-3.6.0")
 TRITONS = [None] + ([TRITON_36] if os.environ.get("FASTGPT_AOT_FULL") == "1" else [])
 
 
-def triton_id(triton_dir):
+def triton_id(triton_path):
     """A test id for a Triton choice: "installed" or the folder's name."""
-    return "installed" if triton_dir is None else os.path.basename(triton_dir.rstrip(os.sep))
+    return "installed" if triton_path is None else os.path.basename(triton_path.rstrip(os.sep))
 
 
 class _Skip(Exception):
@@ -173,16 +173,16 @@ def _serve():
 _workers = {}
 
 
-def _compile_in_worker(request: dict, triton_dir=None) -> dict:
+def _compile_in_worker(request: dict, triton_path=None) -> dict:
     # Under TRITON_INTERPRET=1 every @triton.jit function, triton's own library included, is an
     # interpreter wrapper that the compiler cannot use, so compile in a child process that
-    # imports the kernel's module with the interpreter off; with ``triton_dir`` first on its
+    # imports the kernel's module with the interpreter off; with ``triton_path`` first on its
     # path, with that Triton. One child per Triton serves the whole session.
-    worker = _workers.get(triton_dir)
+    worker = _workers.get(triton_path)
     if worker is None or worker.poll() is not None:
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        env["PYTHONPATH"] = os.pathsep.join(([triton_dir] if triton_dir else []) + [p for p in sys.path if p])
-        worker = _workers[triton_dir] = subprocess.Popen([sys.executable, os.path.abspath(__file__)], env=env,
+        env["PYTHONPATH"] = os.pathsep.join(([triton_path] if triton_path else []) + [p for p in sys.path if p])
+        worker = _workers[triton_path] = subprocess.Popen([sys.executable, os.path.abspath(__file__)], env=env,
                                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         atexit.register(_stop_worker, worker)
     worker.stdin.write(json.dumps(request) + "\n")
@@ -203,12 +203,12 @@ def _interpreting() -> bool:
 
 
 def compile_for_target(kernel, signature: dict, constexprs: dict, arch: int, num_warps: int,
-                       num_stages: int, divisible_by_16=None, triton_dir=None) -> dict:
+                       num_stages: int, divisible_by_16=None, triton_path=None) -> dict:
     """Compile ``kernel`` for ``sm_<arch>`` and return its resource usage (see the module doc).
 
     divisible_by_16: the arguments the launcher's specialization marks as multiples of 16
     (as Triton does at run time for 16-byte-aligned pointers and such integers); default: every
-    pointer argument. triton_dir: compile with the Triton installed there (a child process);
+    pointer argument. triton_path: compile with the Triton installed there (a child process);
     skips when the folder is missing.
     """
     fn = kernel
@@ -222,14 +222,14 @@ def compile_for_target(kernel, signature: dict, constexprs: dict, arch: int, num
                    divisible_by_16=None if divisible_by_16 is None else list(divisible_by_16))
     if "<locals>" in fn.__qualname__ or fn.__module__ == "__main__":
         raise ValueError(f"{fn.__qualname__} must be a module-level kernel of an importable module")
-    if triton_dir is not None and not os.path.isdir(os.path.join(triton_dir, "triton")):
-        pytest.skip(f"no Triton at {triton_dir} (scripts/env.sh installs triton 3.6.0 there)")
-    if not _interpreting() and triton_dir is None:
+    if triton_path is not None and not os.path.isdir(os.path.join(triton_path, "triton")):
+        pytest.skip(f"no Triton at {triton_path} (scripts/env.sh installs triton 3.6.0 there)")
+    if not _interpreting() and triton_path is None:
         try:
             return _compile_here(**request)
         except _Skip as e:
             pytest.skip(str(e))
-    reply = _compile_in_worker(request, triton_dir)
+    reply = _compile_in_worker(request, triton_path)
     if "skip" in reply:
         pytest.skip(reply["skip"])
     if "error" in reply:

@@ -46,12 +46,12 @@ def _signature_and_constexprs(kernel, dtype, constexprs):
     return signature, constexprs
 
 
-def _compile(kind, cfg, arch, head_dim, dropout, dtype="bf16", triton_dir=None):
+def _compile(kind, cfg, arch, head_dim, dropout, dtype="bf16", triton_path=None):
     kernel = KERNELS[kind]
     signature, constexprs = _signature_and_constexprs(kernel, dtype, dict(
         cfg.kwargs, HEAD_DIM=head_dim, CAUSAL=True, DROPOUT=dropout,
         DOT_PRECISION="ieee" if dtype == "fp32" else "tf32"))
-    info = compile_for_target(kernel, signature, constexprs, arch, cfg.num_warps, cfg.num_stages, triton_dir=triton_dir)
+    info = compile_for_target(kernel, signature, constexprs, arch, cfg.num_warps, cfg.num_stages, triton_path=triton_path)
     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
     assert_fits(info, f"attention {kind} {dtype} hs={head_dim} dropout={dropout} "
                       f"BLOCK_M={bm} BLOCK_N={bn}")
@@ -59,16 +59,16 @@ def _compile(kind, cfg, arch, head_dim, dropout, dtype="bf16", triton_dir=None):
 
 
 @pytest.mark.slow  # about 3.5 minutes for all 24 cases on a cold Triton cache, 2 cores
-@pytest.mark.parametrize("triton_dir", TRITONS, ids=triton_id)
+@pytest.mark.parametrize("triton_path", TRITONS, ids=triton_id)
 @pytest.mark.parametrize("dropout", [False, True], ids=["nodrop", "dropout"])
 @pytest.mark.parametrize("kind", list(KERNELS))
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("arch", [80, 90])
-def test_every_pruned_config_fits(arch, head_dim, kind, dropout, triton_dir):
+def test_every_pruned_config_fits(arch, head_dim, kind, dropout, triton_path):
     configs = A.config_candidates(kind, arch, SHARED_LIMIT[arch], head_dim, torch.bfloat16, dropout, T, T)
     assert configs, "the prune filter left no config"
     for cfg in configs:
-        _compile(kind, cfg, arch, head_dim, dropout, triton_dir=triton_dir)
+        _compile(kind, cfg, arch, head_dim, dropout, triton_path=triton_path)
 
 
 @pytest.mark.parametrize("head_dim,dropout,arch", [(64, False, 80), (64, False, 90), (128, True, 90)],
@@ -77,7 +77,7 @@ def test_every_pruned_config_fits(arch, head_dim, kind, dropout, triton_dir):
 def test_launcher_choice_compiles_under_triton_36(kind, head_dim, dropout, arch):
     """What the launchers run at GPT-2's shape, compiled by the GPU machine's Triton."""
     cfg = A.config_candidates(kind, arch, SHARED_LIMIT[arch], head_dim, torch.bfloat16, dropout, T, T)[0]
-    assert _compile(kind, cfg, arch, head_dim, dropout, triton_dir=TRITON_36)["triton"] == "3.6.0"
+    assert _compile(kind, cfg, arch, head_dim, dropout, triton_path=TRITON_36)["triton"] == "3.6.0"
 
 
 @pytest.mark.parametrize("kind", list(KERNELS))
@@ -90,15 +90,15 @@ def test_fp32_choice_fits(arch, head_dim, kind, monkeypatch):
     _compile(kind, cfg, arch, head_dim, False, dtype="fp32")
 
 
-@pytest.mark.parametrize("triton_dir", [None, TRITON_36], ids=triton_id)
+@pytest.mark.parametrize("triton_path", [None, TRITON_36], ids=triton_id)
 @pytest.mark.parametrize("arch", [80, 90])
-def test_preprocess_and_mask_fit(arch, triton_dir):
+def test_preprocess_and_mask_fit(arch, triton_path):
     kernel = A._attention_bwd_preprocess_kernel
     signature, constexprs = _signature_and_constexprs(kernel, "bf16",
                                                       {"BLOCK_M": 64, "HEAD_DIM": 128})
-    info = compile_for_target(kernel, signature, constexprs, arch, 4, 1, triton_dir=triton_dir)
+    info = compile_for_target(kernel, signature, constexprs, arch, 4, 1, triton_path=triton_path)
     assert_fits(info, "attention bwd preprocess hs=128")
     mask = A._attention_dropout_mask_kernel
     info = compile_for_target(mask, {"MASK_ptr": "*i1", "Tq": "i32", "Tk": "i32", "seed": "i64", "dropout_p": "fp32"},
-                              {"BLOCK_M": 32, "BLOCK_N": 32}, arch, 4, 1, triton_dir=triton_dir)
+                              {"BLOCK_M": 32, "BLOCK_N": 32}, arch, 4, 1, triton_path=triton_path)
     assert_fits(info, "attention dropout mask")

@@ -115,19 +115,19 @@ def reduce_jobs():
 JOBS = ln_jobs() + gelu_jobs() + reduce_jobs()
 
 
-def _check(name, kernel, signature, constexprs, num_warps, arch, triton_dir=None):
+def _check(name, kernel, signature, constexprs, num_warps, arch, triton_path=None):
     info = compile_for_target(kernel, signature, constexprs, arch=arch, num_warps=num_warps, num_stages=1,
-                              triton_dir=triton_dir)
+                              triton_path=triton_path)
     assert info["n_regs"] > 0, f"{name}: cuobjdump reported no registers: {info}"
     assert_fits(info, name)
     return info
 
 
-@pytest.mark.parametrize("triton_dir", TRITONS, ids=triton_id)
+@pytest.mark.parametrize("triton_path", TRITONS, ids=triton_id)
 @pytest.mark.parametrize("arch", ARCHS, ids=lambda a: f"sm{a}")
 @pytest.mark.parametrize("name,kernel,signature,constexprs,num_warps", JOBS, ids=[j[0] for j in JOBS])
-def test_kernel_fits_target(name, kernel, signature, constexprs, num_warps, arch, triton_dir):
-    _check(name, kernel, signature, constexprs, num_warps, arch, triton_dir)
+def test_kernel_fits_target(name, kernel, signature, constexprs, num_warps, arch, triton_path):
+    _check(name, kernel, signature, constexprs, num_warps, arch, triton_path)
 
 
 # One launch of each kernel (GPT-2 small's widths) under the GPU machine's Triton.
@@ -205,7 +205,7 @@ def candidate_jobs():
 
 
 @pytest.mark.skipif(os.environ.get("FASTGPT_AOT_FULL") != "1", reason="every tuning candidate: set FASTGPT_AOT_FULL=1")
-@pytest.mark.parametrize("triton_dir", [None, TRITON_36], ids=triton_id)
-def test_every_tuning_candidate_fits(triton_dir):
+@pytest.mark.parametrize("triton_path", [None, TRITON_36], ids=triton_id)
+def test_every_tuning_candidate_fits(triton_path):
     for arch, job in candidate_jobs():
-        _check(*job, arch, triton_dir)
+        _check(*job, arch, triton_path)
