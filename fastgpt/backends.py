@@ -13,10 +13,10 @@ it, the function that says whether a backend can run a given call, and a probe c
 :func:`report`. This module imports no op module.
 
 ``auto`` (the default) picks per call from device, dtype and shape: the fastest backend that can
-run the call, which on CPU tensors is always ``reference``. A backend can be forced for every op
-or for single ops, with the environment (read on first use)::
+run the call, which on CPU tensors is always ``reference``. A backend can be forced for a whole
+model or process, or for single ops, with the environment (read on first use)::
 
-    FASTGPT_BACKEND=triton                        # every op
+    FASTGPT_BACKEND=triton                        # every op that has a triton backend; the others stay on auto
     FASTGPT_BACKEND=attention=triton,layer_norm=reference
 
 or in code, which takes precedence over the environment::
@@ -24,10 +24,15 @@ or in code, which takes precedence over the environment::
     with fastgpt.use_backend("triton"): ...
     with fastgpt.use_backend(attention="triton", qkv_projection="cuda"): ...
 
-The forced settings live in a context variable, so threads and asyncio tasks each see their
-own (while torch.compile traces, the thread's latest setting is read; see ``_TRACED``). A
-forced backend that cannot run a call raises :class:`BackendError` saying why; nothing
-falls back silently. :func:`backend_for` and :func:`report` tell which backend a call would use.
+No backend implements every op, so a process- or model-wide backend (``FASTGPT_BACKEND=triton``,
+``use_backend("cuda")``, ``GPTConfig(backend=...)``) applies to the ops that have it and leaves
+the others to an enclosing setting, or ``auto``; :func:`report` shows which op runs where.
+Naming an op forces it: a backend the op lacks is an error then. The forced settings live in a
+context variable, so threads and asyncio tasks each see their own (while torch.compile traces,
+the thread's latest setting is read; see ``_TRACED``). A forced backend that cannot run a call
+(an op named with a backend it lacks, or one that has it but not for this device, dtype or
+shape) raises :class:`BackendError` saying why; nothing falls back silently.
+:func:`backend_for` and :func:`report` tell which backend a call would use.
 Under ``torch.compile`` the choice is made while tracing, so it is fixed in the compiled graph
 (Dynamo guards on the forced setting and recompiles if it changes).
 """
@@ -134,16 +139,25 @@ def use_backend(default: str = None, **per_op: str):
         _TRACED[0] = _FORCED.get()
 
 
+def _lookup(spec: dict, op: str):
+    """The backend ``spec`` forces for ``op``: its own entry, else the wide one (``*``) when the
+    op has that backend (or it is ``auto``); None when ``spec`` says nothing about the op."""
+    if op in spec:
+        return spec[op]
+    wide = spec.get("*")
+    return wide if wide == "auto" or wide in _OPS[op].backends else None
+
+
 def forced(op: str):
-    """The backend forced for ``op`` and where it was forced, or (None, None)."""
+    """The backend forced for ``op`` and where it was forced, or (None, None). The innermost
+    ``use_backend`` that covers the op (by name, or with a backend it has) decides, then the
+    environment; a wide setting says nothing about an op without that backend."""
     for spec in reversed(_TRACED[0] if torch.compiler.is_compiling() else _FORCED.get()):
-        for key in (op, "*"):
-            if key in spec:
-                return spec[key], "use_backend"
-    for key in (op, "*"):
-        if key in _ENV:
-            return _ENV[key], "FASTGPT_BACKEND"
-    return None, None
+        name = _lookup(spec, op)
+        if name is not None:
+            return name, "use_backend"
+    name = _lookup(_ENV, op)
+    return (name, "FASTGPT_BACKEND") if name is not None else (None, None)
 
 
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None

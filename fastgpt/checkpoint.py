@@ -12,6 +12,7 @@ import zipfile
 import torch
 
 from fastgpt._io import DiskFullError, atomic_write
+from fastgpt.config import saved_settings
 from fastgpt.model import GPT, GPTConfig
 
 FORMAT = "fastgpt-1"
@@ -202,7 +203,7 @@ def start_or_resume(settings, explicit, out_dir, resume, overwrite, eval_only):
     if not os.path.isfile(path):
         raise CheckpointError(f"--resume: no checkpoint at {path}; run without --resume to start, or pass the run's --out_dir")
     ckpt = load(path, map_location="cpu")
-    saved = ckpt.get("config", {})
+    saved = saved_settings(ckpt)
     wanted = {k: settings[k] for k in MODEL_ARGS if k in explicit and k in settings}
     check_model_args(ckpt, wanted, path, hint="resume without those settings, or start a new run in another --out_dir")
     for key in ("data", "tokenizer"):

@@ -13,10 +13,21 @@ plus a few). They are filled in this order, later wins:
    ``--flag`` means true for a bool key).
 
 An unknown key is an error that lists the valid ones.
+
+nanoGPT's own config files run unchanged. A config file that sets a key only nanoGPT's train.py
+has (``dataset``, ``wandb_*``, ``init_from``, or ``backend`` naming a DDP backend) is read the
+way nanoGPT reads it: over nanoGPT's train.py defaults (the ``nanogpt`` preset) unless it or the
+command line names a preset. nanoGPT's keys are mapped in one place, :func:`from_nanogpt`, which
+also reads the ``config`` saved in a nanoGPT ``ckpt.pt``: ``dataset`` becomes ``data`` and
+``tokenizer``, ``init_from='resume'`` becomes ``--resume``, and ``backend='nccl'`` (nanoGPT's
+DDP backend, not fastgpt's op backend) is dropped with a note, as fastgpt picks nccl or gloo
+itself. A value that is not a literal (``wandb_run_name = 'ft-' + str(time.time())``) is left
+at its default with a note for the run's name, an error for any other key.
 """
 import ast
 import dataclasses
 import json
+import operator
 import os
 import typing
 from dataclasses import dataclass
@@ -24,6 +35,7 @@ from typing import Optional
 
 import torch
 
+from fastgpt.model import GPTConfig
 from fastgpt.presets import PRESETS
 
 
@@ -44,6 +56,9 @@ class TrainConfig:
     data: str = "shakespeare"  # 'shakespeare' (the embedded corpus) or a path to a text file
     tokenizer: str = "char"  # 'char' or 'gpt2' (GPT-2 BPE through tiktoken, encoding available locally)
     data_dir: str = "data_cache"  # where the tokenized .bin memmaps and meta.json are cached
+    # 'scratch', 'resume', a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl: local files, see
+    # fastgpt.sources), a Hugging Face GPT-2 directory or a nanoGPT/fastgpt ckpt.pt to fine-tune
+    init_from: str = "scratch"
     gradient_accumulation_steps: int = 1  # the total over all processes; divided by the world size
     batch_size: int = 12  # sequences per micro-step (per process)
     block_size: int = 64
@@ -74,9 +89,13 @@ class TrainConfig:
     seed: int = 1337
     peak_flops: Optional[float] = None  # for MFU; None: a per-device estimate
     # output
-    progress: bool = True  # a tqdm progress bar; False prints a line every log_interval
+    progress: bool = True  # a tqdm progress bar on a terminal (piped output: a line every log_interval); False: lines
     sample_chars: int = 300  # tokens sampled after training (0: none)
     plot: bool = True  # loss.png in out_dir
+    # Weights & Biases: evaluations logged there when wandb_log is set and wandb is installed
+    wandb_log: bool = False
+    wandb_project: str = "fastgpt"
+    wandb_run_name: str = "run"
 
     def validate(self):
         checks = [
@@ -94,6 +113,11 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"bad config: {msg}")
+        try:  # the model's own checks (n_head divides n_embd, a known backend, ...)
+            GPTConfig(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd, block_size=self.block_size, bias=self.bias,
+                      dropout=self.dropout, backend=self.backend)
+        except ValueError as e:
+            raise ConfigError(f"bad config: {str(e).replace('GPTConfig.', '')}") from None
         return self
 
 
@@ -143,10 +167,22 @@ def load_file(path):
     raise ConfigError(f"config file {path}: unknown extension {ext!r}; use .py, .toml, .json, .yaml or .yml")
 
 
+class NotLiteral:
+    """A ``key = <expression>`` line of a Python config that is not a literal (never evaluated)."""
+
+    def __init__(self, path, lineno):
+        self.where = f"{path}:{lineno}"
+
+    def __repr__(self):
+        return f"<not a literal at {self.where}>"
+
+
 def _literal_py(text, path):
     tree = ast.parse(text, filename=path)
-    body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str))]
-    if len(body) == 1 and isinstance(body[0], ast.Expr):  # a bare dict literal
+    # docstrings and imports (nanoGPT's configs import time for a run name) do nothing here
+    body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str))
+            and not isinstance(n, (ast.Import, ast.ImportFrom))]
+    if len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Dict):  # a bare dict literal
         out = ast.literal_eval(body[0].value)
         if not isinstance(out, dict):
             raise ConfigError(f"{path}: a Python config must be a dict literal or 'key = value' lines")
@@ -156,10 +192,81 @@ def _literal_py(text, path):
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
             raise ConfigError(f"{path}:{node.lineno}: only 'key = literal' lines are allowed in a Python config (it is not executed)")
         try:
-            out[node.targets[0].id] = ast.literal_eval(node.value)
+            out[node.targets[0].id] = _constant(node.value)
         except ValueError:
-            raise ConfigError(f"{path}:{node.lineno}: the value of {node.targets[0].id!r} must be a literal (number, string, bool, None)") from None
+            out[node.targets[0].id] = NotLiteral(path, node.lineno)
     return out
+
+
+_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+               ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+
+
+def _constant(node):
+    """A literal, or arithmetic on literals (nanoGPT writes ``gradient_accumulation_steps = 5 * 8``);
+    anything else (names, calls) raises ValueError, nothing is run."""
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+        left, right = _constant(node.left), _constant(node.right)
+        if isinstance(left, (int, float)) and isinstance(right, (int, float)) and not isinstance(left, bool) and not isinstance(right, bool) \
+                and not (isinstance(node.op, ast.Pow) and abs(right) > 64):
+            return _ARITHMETIC[type(node.op)](left, right)
+        raise ValueError("not arithmetic on numbers")
+    return ast.literal_eval(node)
+
+
+# ---------------------------------------------------------------------------------------------
+# nanoGPT's keys: the one mapping, for config files, the command line and the config saved in a
+# nanoGPT ckpt.pt
+
+DDP_BACKENDS = ("nccl", "gloo", "mpi", "ucc")  # nanoGPT's ``backend``: torch.distributed's
+# nanoGPT's data/<dataset>/ folders that fastgpt has: (data, tokenizer)
+NANOGPT_DATASETS = {"shakespeare_char": ("shakespeare", "char"), "shakespeare": ("shakespeare", "gpt2")}
+NANOGPT_ONLY = ("dataset", "init_from", "wandb_log", "wandb_project", "wandb_run_name")  # marks a nanoGPT config file
+NAME_KEYS = ("wandb_project", "wandb_run_name")  # may be left at their default when not a literal
+# Settings of the machine a nanoGPT run was on (its train.py always saves 'cuda', its GPU's dtype
+# and compile=True): not carried over from a nanoGPT checkpoint.
+MACHINE_KEYS = ("device", "dtype", "compile")
+
+
+def is_nanogpt(d):
+    """Whether settings ``d`` use keys that only nanoGPT's train.py has."""
+    return any(k in d for k in NANOGPT_ONLY) or d.get("backend") in DDP_BACKENDS
+
+
+def from_nanogpt(d, source, checkpoint=False):
+    """(settings, notes): ``d`` with nanoGPT's keys in fastgpt's terms.
+
+    checkpoint: ``d`` is the ``config`` saved in a nanoGPT ckpt.pt (its machine settings are
+    dropped too). Raises ConfigError for a non-literal value of a key other than a run name.
+    """
+    out, notes = {}, []
+    for key, value in d.items():
+        if isinstance(value, NotLiteral):
+            if key not in NAME_KEYS:
+                raise ConfigError(f"{value.where}: the value of {key!r} must be a literal (number, string, bool, None); "
+                                  f"config files are parsed, not run")
+            notes.append(f"{value.where}: {key} is not a literal (config files are parsed, not run): it stays {getattr(TrainConfig, key)!r}")
+        elif key == "backend" and value in DDP_BACKENDS:
+            notes.append(f"{source}: backend={value!r} is nanoGPT's DDP backend; fastgpt uses nccl between GPUs and gloo between "
+                         f"CPU processes by itself, and the ops' backend stays 'auto' (--backend reference|triton|cuda sets that)")
+        elif key == "dataset" and checkpoint:  # its text is not fastgpt's: only the tokenizer carries over
+            tokenizer = "gpt2" if value == "openwebtext" else NANOGPT_DATASETS.get(value, (None, None))[1]
+            if tokenizer:
+                out["tokenizer"] = tokenizer
+        elif key == "dataset":
+            if value in NANOGPT_DATASETS:
+                out["data"], out["tokenizer"] = NANOGPT_DATASETS[value]
+                notes.append(f"{source}: dataset={value!r} -> data='shakespeare', tokenizer={out['tokenizer']!r} (fastgpt's embedded "
+                             f"corpus: all the plays, where nanoGPT's data/{value} is the 1 MB tiny Shakespeare)")
+            else:
+                out["dataset"] = value  # resolved by build(): it needs --data
+        elif key in MACHINE_KEYS and checkpoint:
+            continue
+        elif key == "init_from" and checkpoint:
+            continue  # how that run started, not how this one does
+        else:
+            out[key] = value
+    return out, notes
 
 
 def _convert(key, raw, default_type):
@@ -237,9 +344,12 @@ def parse_overrides(argv):
 
 
 def build(argv=(), extra=None):
-    """(TrainConfig, the keys set explicitly by the config file or command line, flags) from argv.
+    """(TrainConfig, the keys set explicitly by the config file or command line, preset, flags,
+    notes) from argv.
 
-    flags: the non-config command-line switches (resume, overwrite) the caller handles itself.
+    flags: the non-config command-line switches (resume, overwrite) the caller handles itself;
+    ``init_from='resume'`` (nanoGPT's way to say it) sets ``resume`` too. notes: one line each
+    about nanoGPT keys that were mapped or set aside, for the caller to print.
     """
     cli, positional = parse_overrides(list(argv))
     flags = {k: _convert(k, cli.pop(k), bool) for k in FLAGS if k in cli}
@@ -247,15 +357,37 @@ def build(argv=(), extra=None):
     file_values = {}
     if config_path:
         file_values = dict(load_file(config_path))
-    preset = cli.pop("preset", None) or file_values.pop("preset", None) or default_preset()
+    preset = cli.pop("preset", None) or file_values.pop("preset", None)
+    if preset is None:
+        preset = "nanogpt" if is_nanogpt(file_values) else default_preset()
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    _check_keys(file_values, config_path)
-    _check_keys(cli, "the command line")
-    explicit = {**_coerce(file_values, config_path), **_coerce(cli, "the command line"), **(extra or {})}
+    file_values, notes = from_nanogpt(file_values, config_path)
+    cli, cli_notes = from_nanogpt(cli, "the command line")
+    notes += cli_notes
+    _check_keys({k: v for k, v in file_values.items() if k != "dataset"}, config_path)
+    _check_keys({k: v for k, v in cli.items() if k != "dataset"}, "the command line")
+    explicit = {**_coerce(_without(file_values, "dataset"), config_path), **_coerce(_without(cli, "dataset"), "the command line"),
+                **(extra or {})}
+    dataset = cli.get("dataset", file_values.get("dataset"))
+    if dataset is not None:  # a nanoGPT data/<dataset>/ folder fastgpt does not have
+        if "data" not in explicit:
+            raise ConfigError(f"dataset={dataset!r} names nanoGPT's data/{dataset}/ folder, which fastgpt does not read; "
+                              f"pass that text with --data FILE (and --tokenizer char or gpt2)")
+        notes.append(f"dataset={dataset!r} set aside: training on --data {explicit['data']}")
+    elif preset == "nanogpt" and "data" not in explicit:
+        notes.append("nanoGPT's train.py trains on OpenWebText, which fastgpt does not have: training on the embedded Shakespeare "
+                     "corpus (pass --data FILE for your own text)")
+    if explicit.get("init_from") == "resume":
+        flags["resume"] = True
+        del explicit["init_from"]
     values = {**{k: v for k, v in PRESETS[preset].items() if k in valid_keys()}, **explicit}
     cfg = TrainConfig(**values).validate()
-    return cfg, explicit, preset, flags
+    return cfg, explicit, preset, flags, notes
+
+
+def _without(d, key):
+    return {k: v for k, v in d.items() if k != key}
 
 
 def as_dict(cfg):
@@ -265,4 +397,13 @@ def as_dict(cfg):
 def from_dict(d):
     """A TrainConfig from a checkpoint's saved config (unknown keys from other versions dropped)."""
     return TrainConfig(**{k: v for k, v in d.items() if k in valid_keys()})
+
+
+def saved_settings(ckpt):
+    """The settings saved in a checkpoint, in fastgpt's terms: a fastgpt checkpoint's as they are,
+    a nanoGPT one's (no ``format`` entry) mapped by :func:`from_nanogpt`."""
+    saved = ckpt.get("config") or {}
+    if "format" in ckpt:
+        return saved
+    return from_nanogpt(saved, "the checkpoint", checkpoint=True)[0]
 

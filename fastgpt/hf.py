@@ -32,7 +32,7 @@ import zlib
 
 import torch
 
-from fastgpt import checkpoint
+from fastgpt import checkpoint, sources
 from fastgpt._io import atomic_write
 from fastgpt.checkpoint import CheckpointError
 from fastgpt.data import GPT2_EOT
@@ -324,6 +324,11 @@ def from_pretrained(path, override_args=None, **overrides):
     if bad:
         raise ValueError(f"from_pretrained can only override dropout and backend, not {', '.join(bad)}")
     path = os.fspath(path)
+    if not os.path.exists(path) and path in sources.GPT2_NAMES:  # nanoGPT's names, from local files
+        found = sources.find_gpt2(path)
+        if found is None:
+            raise CheckpointError(sources.missing(path))
+        path = found
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
         return load_hf(path, **overrides)
     if os.path.isfile(path) or (os.path.isdir(path) and os.path.isfile(os.path.join(path, "ckpt.pt"))):

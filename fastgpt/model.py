@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from fastgpt import ops
-from fastgpt.backends import BACKENDS, use_backend
+from fastgpt.backends import BACKENDS, report, use_backend
 from fastgpt.presets import PRESETS
 
 
@@ -45,15 +45,16 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.dropout = config.dropout
 
-    def forward(self, x, kv_cache=None, layer=0):
+    def forward(self, x, kv_cache=None, layer=0, key_start=None):
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
         # q, k, v straight into heads: (B, nh, T, hs) each, no copy on the way to attention
         q, k, v = ops.qkv_projection(x, self.c_attn.weight, self.c_attn.bias, self.n_head)
         if kv_cache is not None:  # generation: attend to every cached position too
             k, v = kv_cache.append(layer, k, v)  # (B, nh, cached + T, hs)
         # causal self-attention; (B, nh, T, hs) x (B, nh, hs, T) -> (B, nh, T, T) never materialised.
-        # With a cache, T queries meet more keys and the mask is aligned bottom-right.
-        y = ops.attention(q, k, v, causal=True, dropout_p=self.dropout if self.training else 0.0)
+        # With a cache, T queries meet more keys and the mask is aligned bottom-right; key_start
+        # masks each row's left padding (a batch of prompts of different lengths).
+        y = ops.attention(q, k, v, causal=True, dropout_p=self.dropout if self.training else 0.0, key_start=key_start)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         # output projection
         return self.resid_dropout(self.c_proj(y))
@@ -82,8 +83,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+    def forward(self, x, kv_cache=None, layer=0, key_start=None):
+        x = x + self.attn(self.ln_1(x), kv_cache, layer, key_start)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -114,6 +115,25 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+def _left_padding(attention_mask, b, length):
+    """The first token of each row, (b,) int64, from a left-padded (b, length) attention mask."""
+    if tuple(attention_mask.shape) != (b, length):
+        raise ValueError(f"attention_mask must have shape (batch, cached + new positions) = ({b}, {length}), got {tuple(attention_mask.shape)}")
+    mask = attention_mask.bool()
+    if bool((mask[:, :-1] & ~mask[:, 1:]).any()):
+        raise ValueError("attention_mask must be left padding: 0s (padding) then 1s (tokens) in each row")
+    return length - mask.sum(1)
+
+
+def _nucleus(logits, top_p):
+    """logits with every token outside the top_p nucleus set to -inf (at least one is kept)."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = F.softmax(sorted_logits, dim=-1)
+    # a token goes when the tokens ranked above it already hold top_p of the probability
+    sorted_logits = sorted_logits.masked_fill(probs.cumsum(-1) - probs >= top_p, -float("inf"))
+    return logits.scatter(-1, order, sorted_logits)
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024
@@ -123,7 +143,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
-    backend: str = "auto"  # fastgpt: 'auto', 'reference', 'triton' or 'cuda' for every op of this model
+    backend: str = "auto"  # fastgpt: 'auto', or 'reference', 'triton', 'cuda' for every op of this model that has it
     gelu_approximate: str = "none"  # fastgpt: nanoGPT's exact GELU, or 'tanh' (OpenAI GPT-2's gelu_new, for its weights)
 
     def __post_init__(self):
@@ -194,7 +214,10 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, kv_cache=None):
+    def forward(self, idx, targets=None, kv_cache=None, attention_mask=None):
+        """attention_mask (fastgpt, Hugging Face's convention): None, or (b, cached + t) with 1 for
+        tokens and 0 for left padding, which is then never attended to; each row's positions count
+        from its first token."""
         with self._backend():
             device = idx.device
             self._check_idx(idx)
@@ -202,13 +225,17 @@ class GPT(nn.Module):
             start = 0 if kv_cache is None else kv_cache.length  # positions already in the cache
             assert start + t <= self.config.block_size, f"Cannot forward sequence of length {start + t}, block size is only {self.config.block_size}"
             pos = torch.arange(start, start + t, dtype=torch.long, device=device)  # shape (t)
+            key_start = None
+            if attention_mask is not None:
+                key_start = _left_padding(attention_mask, b, start + t)  # (b,) each row's first token
+                pos = (pos - key_start[:, None]).clamp_(min=0)  # shape (b, t)
 
             # forward the GPT model itself
             tok_emb = self.transformer.wte(idx)  # token embeddings of shape (b, t, n_embd)
-            pos_emb = self.transformer.wpe(pos)  # position embeddings of shape (t, n_embd)
+            pos_emb = self.transformer.wpe(pos)  # position embeddings of shape (t, n_embd) or (b, t, n_embd)
             x = self.transformer.drop(tok_emb + pos_emb)
             for layer, block in enumerate(self.transformer.h):
-                x = block(x, kv_cache, layer)
+                x = block(x, kv_cache, layer, key_start)
             x = self.transformer.ln_f(x)
             if kv_cache is not None:
                 kv_cache.length += t
@@ -236,6 +263,12 @@ class GPT(nn.Module):
         if self.config.backend == "auto":
             return contextlib.nullcontext()
         return use_backend(self.config.backend)
+
+    def backends(self, device="cpu", dtype=torch.float32, batch=2):
+        """fastgpt: {op: the backend it runs on} for this model on ``device`` in ``dtype`` (see
+        fastgpt.report), with its config.backend applied; 'error: ...' for one that cannot run."""
+        with self._backend():
+            return report(device, dtype, n_embd=self.config.n_embd, n_head=self.config.n_head, block_size=self.config.block_size, batch=batch)
 
     def crop_block_size(self, block_size):
         # model surgery to decrease the block size if necessary
@@ -280,7 +313,8 @@ class GPT(nn.Module):
         return flops_achieved / peak_flops
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, top_p=None, eos_token=None,
+                 attention_mask=None):
         """
         Take a conditioning sequence of indices idx (LongTensor of shape (b,t)) and complete
         the sequence max_new_tokens times, feeding the predictions back into the model each time.
@@ -290,28 +324,57 @@ class GPT(nn.Module):
         attends to cached keys and values: the same tokens as without the cache for the same
         seed. Once the sequence outgrows block_size every position shifts, so from there on
         each step re-runs the cropped context, as nanoGPT does.
+
+        fastgpt's additions, as Hugging Face's generate has them:
+        top_p: nucleus sampling, after top_k: keep the most likely tokens until their probability
+            reaches top_p (at least one).
+        eos_token: a row that samples it is finished: its later tokens are eos_token, and the
+            loop ends early once every row is finished (the result may be shorter).
+        attention_mask: (b, t), 1 for prompt tokens and 0 for left padding: a batch of prompts of
+            different lengths, right-aligned. Padding is never attended to and each row's
+            positions start at its first token, so each row gets the tokens it would get alone
+            (greedily; sampled rows draw from one generator in batch order).
         """
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        mask = None
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != tuple(idx.shape):
+                raise ValueError(f"attention_mask must have idx's shape {tuple(idx.shape)}, got {tuple(attention_mask.shape)}")
+            mask = attention_mask.to(device=idx.device, dtype=torch.bool)
+        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device) if eos_token is not None else None
         cache = KVCache(self.config.n_layer, self.config.block_size) if use_cache else None
         for _ in range(max_new_tokens):
             # if the sequence context is growing too long we must crop it at block_size
-            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
+            cropped = idx.size(1) > self.config.block_size
+            idx_cond = idx[:, -self.config.block_size :] if cropped else idx
+            mask_cond = None if mask is None else mask[:, -idx_cond.size(1) :]
             # forward the model to get the logits for the index in the sequence
-            if cache is not None and idx.size(1) <= self.config.block_size:
-                logits, _ = self(idx_cond[:, cache.length :], kv_cache=cache)  # prefill, then one token
+            if cache is not None and not cropped:
+                logits, _ = self(idx_cond[:, cache.length :], kv_cache=cache, attention_mask=mask_cond)  # prefill, then one token
             else:
-                logits, _ = self(idx_cond)
+                logits, _ = self(idx_cond, attention_mask=mask_cond)
             # pluck the logits at the final step and scale by desired temperature
             logits = logits[:, -1, :] / temperature
             # optionally crop the logits to only the top k options
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                 logits[logits < v[:, [-1]]] = -float("Inf")
+            if top_p is not None and top_p < 1.0:
+                logits = _nucleus(logits, top_p)
             # apply softmax to convert logits to (normalized) probabilities
             probs = F.softmax(logits, dim=-1)
             # sample from the distribution
             idx_next = torch.multinomial(probs, num_samples=1)
+            if finished is not None:
+                idx_next.masked_fill_(finished[:, None], eos_token)
+                finished |= idx_next[:, 0] == eos_token
             # append sampled index to the running sequence and continue
             idx = torch.cat((idx, idx_next), dim=1)
+            if mask is not None:
+                mask = torch.cat((mask, mask.new_ones(mask.size(0), 1)), dim=1)
+            if finished is not None and bool(finished.all()):
+                break
         return idx
 
     @classmethod

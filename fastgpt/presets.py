@@ -22,6 +22,14 @@ PRESETS = {
                        out_dir="out/gpt2-large", **_GPT2_RECIPE),
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, vocab_size=50257, block_size=1024, bias=True,  # 1558M
                     out_dir="out/gpt2-xl", **_GPT2_RECIPE),
+    # nanoGPT's train.py defaults (GPT-2 124M, bias-free, on OpenWebText there; fastgpt has no
+    # OpenWebText): the base that nanoGPT's own config files override (see fastgpt.config).
+    "nanogpt": dict(
+        n_layer=12, n_head=12, n_embd=768, block_size=1024, bias=False, vocab_size=50304, dropout=0.0, out_dir="out",
+        tokenizer="gpt2", eval_interval=2000, log_interval=1, eval_iters=200, always_save_checkpoint=True, batch_size=12,
+        gradient_accumulation_steps=40, learning_rate=6e-4, max_iters=600000, weight_decay=1e-1, beta1=0.9, beta2=0.95,
+        grad_clip=1.0, decay_lr=True, warmup_iters=2000, lr_decay_iters=600000, min_lr=6e-5,
+    ),
     # nanoGPT's config/train_shakespeare_char.py: the GPU default. vocab_size is the embedded
     # corpus' 84 characters.
     "shakespeare-char": dict(

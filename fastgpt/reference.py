@@ -26,12 +26,27 @@ def causal_mask(q_len, k_len, device=None):
     return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
 
 
-def attention(q, k, v, causal=True, dropout_p=0.0, scale=None):
+def key_mask(key_start, q_len, k_len, causal, device=None):
+    """(B, 1, q_len, k_len) bool, True where attention is allowed: row b's keys from
+    key_start[b] on (left padding masked), and the causal mask when ``causal``."""
+    allowed = torch.arange(k_len, device=device) >= key_start.view(-1, 1, 1, 1)
+    return allowed & causal_mask(q_len, k_len, device) if causal else allowed
+
+
+def attention(q, k, v, causal=True, dropout_p=0.0, scale=None, key_start=None):
     """softmax(q k^T * scale + mask) v. q (B, H, Tq, D); k, v (B, H, Tk, D), Tq <= Tk.
 
     scale defaults to 1/sqrt(D); the causal mask is aligned bottom-right (see causal_mask).
+    key_start: None or int (B,): keys j < key_start[b] of row b are masked; a query with no
+    key left outputs 0.
     """
     Tq, Tk = q.shape[-2], k.shape[-2]
+    if key_start is not None:
+        allowed = key_mask(key_start, Tq, Tk, causal, q.device)
+        empty = ~allowed.any(-1, keepdim=True)  # (B, 1, Tq, 1): queries with no key to attend to
+        # such rows attend to every key (finite values and gradients), then are zeroed
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | empty, dropout_p=dropout_p, scale=scale)
+        return out.masked_fill(empty, 0.0)
     if q.device.type == "cpu" and q.dtype in _SMALL_T_DTYPES and dropout_p == 0.0 and Tk <= SMALL_T:
         return _attention_small(q, k, v, causal, scale)
     if causal and Tq != Tk:
@@ -62,14 +77,22 @@ def _attention_small(q, k, v, causal, scale):
     return torch.bmm(torch.softmax(scores, dim=-1), v3).view(*batch, Tq, v.shape[-1])
 
 
-def attention_math(q, k, v, causal=True, scale=None, dropout_mask=None, dropout_p=0.0):
+def attention_math(q, k, v, causal=True, scale=None, dropout_mask=None, dropout_p=0.0, key_start=None):
     """The same attention spelled out (materialises the T x T scores): the naive baseline,
-    and the oracle for dropout, which needs an explicit keep-mask (B, H, Tq, Tk) bool."""
+    and the oracle for dropout, which needs an explicit keep-mask (B, H, Tq, Tk) bool, and for
+    key padding (key_start, as in :func:`attention`)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     att = (q @ k.transpose(-2, -1)) * scale
-    if causal:
-        att = att.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    if key_start is not None:
+        allowed = key_mask(key_start, Tq, Tk, causal, q.device)
+        empty = ~allowed.any(-1, keepdim=True)  # queries with no key: weights 0 (kept finite on the way)
+        att = att.masked_fill(~(allowed | empty), float("-inf"))
+    elif causal:
+        att = att.masked_fill(~causal_mask(Tq, Tk, q.device), float("-inf"))
     att = torch.softmax(att, dim=-1)
+    if key_start is not None:
+        att = att.masked_fill(empty, 0.0)
     if dropout_mask is not None:
         att = att * dropout_mask / (1.0 - dropout_p)
     return att @ v

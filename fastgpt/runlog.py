@@ -1,9 +1,11 @@
 """What a training run writes about itself: log.csv (every iteration), eval.csv, the progress
-bar or log lines, summary.json and loss.png. Only the first process of a run writes."""
+bar (on a terminal) or log lines, summary.json, loss.png and, when asked, Weights & Biases.
+Only the first process of a run writes."""
 import csv
 import json
 import os
 import sys
+import time
 
 LOG_FIELDS = ["iter", "loss", "lr", "ms", "tokens_per_s", "mfu"]
 EVAL_FIELDS = ["iter", "train_loss", "val_loss", "lr", "elapsed_s"]
@@ -21,68 +23,121 @@ def _restart_csv(path, fields, keep_below=None):
         w.writerows(rows)
 
 
-def _append_csv(path, fields, row):
-    with open(path, "a", newline="") as f:
-        csv.DictWriter(f, fieldnames=fields).writerow(row)
-
-
 def read_log(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
 
+def on_terminal(stream=None):
+    """Whether ``stream`` (stdout) is an interactive terminal, where a progress bar belongs."""
+    stream = stream or sys.stdout
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
 class RunLog:
     """The run's logs, from iteration ``start`` on (a resumed run keeps the rows before it).
 
-    mfu(dt): the model-FLOPs utilisation of an iteration that took dt seconds.
+    flops_per_iter / peak_flops: for each iteration's model-FLOPs utilisation. Per-iteration rows
+    are written in batches (at every evaluation, every FLUSH_S seconds and at the end), so the
+    loop does not pay for a file write each step. The progress bar is drawn only on a terminal
+    (and refreshed a few times a second); elsewhere, or with progress=False, a plain line goes
+    out every log_interval iterations. Use as a context manager: leaving it flushes and closes.
     """
 
-    def __init__(self, out_dir, *, active, start, max_iters, tokens_per_iter, mfu, progress, log_interval):
+    FLUSH_S = 5.0  # seconds between writes of buffered log.csv rows
+    REFRESH_S = 0.25  # seconds between progress-bar redraws
+
+    def __init__(self, out_dir, *, active, start, max_iters, tokens_per_iter, flops_per_iter, peak_flops, progress, log_interval,
+                 wandb=None, stream=None):
         self.out_dir, self.active = out_dir, active
-        self.tokens_per_iter, self.mfu = tokens_per_iter, mfu
-        self.progress, self.log_interval = progress, log_interval
+        self.tokens_per_iter, self.flops_per_iter, self.peak_flops = tokens_per_iter, flops_per_iter, peak_flops
+        self.log_interval, self.wandb = log_interval, wandb
+        self.stream = stream or sys.stdout
         self.start, self.dt_ema = start, None
         self.log_csv, self.eval_csv = os.path.join(out_dir, "log.csv"), os.path.join(out_dir, "eval.csv")
-        if active:
-            os.makedirs(out_dir, exist_ok=True)
-            _restart_csv(self.log_csv, LOG_FIELDS, start if start else None)
-            _restart_csv(self.eval_csv, EVAL_FIELDS, start + 1 if start else None)
-        from tqdm import tqdm
+        self.rows, self.last_flush = [], time.monotonic()
+        self.bar, self.pending, self.last_draw = None, 0, 0.0
+        if not active:
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        _restart_csv(self.log_csv, LOG_FIELDS, start if start else None)
+        _restart_csv(self.eval_csv, EVAL_FIELDS, start + 1 if start else None)
+        if progress and on_terminal(self.stream):
+            from tqdm import tqdm
 
-        self.bar = tqdm(total=max_iters, initial=start, disable=not (active and progress), dynamic_ncols=True,
-                        unit="it", file=sys.stdout, leave=True)
+            self.bar = tqdm(total=max_iters, initial=start, dynamic_ncols=True, unit="it", file=self.stream, leave=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def write(self, msg):
         """A line of text, above the progress bar when there is one."""
         if not self.active:
             return
-        if self.progress:
-            self.bar.write(msg)
+        if self.bar is not None:
+            self.bar.write(msg, file=self.stream)
         else:
-            print(msg)
+            print(msg, file=self.stream, flush=True)
 
-    def eval(self, it, losses, lr, elapsed):
+    def eval(self, it, losses, lr, elapsed, mfu=None):
         self.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        if self.active:
-            _append_csv(self.eval_csv, EVAL_FIELDS, {"iter": it, "train_loss": f"{losses['train']:.6f}", "val_loss": f"{losses['val']:.6f}",
-                                                     "lr": f"{lr:.6g}", "elapsed_s": f"{elapsed:.2f}"})
+        if not self.active:
+            return
+        self.flush()
+        with open(self.eval_csv, "a", newline="") as f:
+            csv.writer(f).writerow([it, f"{losses['train']:.6f}", f"{losses['val']:.6f}", f"{lr:.6g}", f"{elapsed:.2f}"])
+        if self.wandb is not None:  # nanoGPT's keys
+            self.wandb.log({"iter": it, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
+                            "mfu": (self.mfu(self.dt_ema) * 100) if self.dt_ema else None})
+
+    def mfu(self, dt):
+        return self.flops_per_iter / dt / self.peak_flops
 
     def step(self, it, loss, lr, dt):
+        if not self.active:
+            return
         if it > self.start + 2:  # the first iterations warm up allocators and caches
             self.dt_ema = dt if self.dt_ema is None else 0.9 * self.dt_ema + 0.1 * dt
         shown = self.dt_ema or dt
         tok_s, mfu = self.tokens_per_iter / shown, self.mfu(shown)
-        if not self.active:
-            return
-        _append_csv(self.log_csv, LOG_FIELDS, {"iter": it, "loss": f"{loss:.6f}", "lr": f"{lr:.6g}", "ms": f"{dt * 1000:.2f}",
-                                               "tokens_per_s": f"{tok_s:.1f}", "mfu": f"{mfu:.6f}"})
-        self.bar.set_postfix_str(f"loss {loss:.4f} | {tok_s:,.0f} tok/s | MFU {mfu * 100:.2f}%", refresh=False)
-        self.bar.update(1)
-        if not self.progress and it % self.log_interval == 0:
-            print(f"iter {it}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms, {tok_s:,.0f} tokens/s, MFU {mfu * 100:.2f}%")
+        self.rows.append((it, f"{loss:.6f}", f"{lr:.6g}", f"{dt * 1000:.2f}", f"{tok_s:.1f}", f"{mfu:.6f}"))
+        now = time.monotonic()
+        if now - self.last_flush > self.FLUSH_S:
+            self.flush(now)
+        if self.bar is not None:
+            self.pending += 1
+            if now - self.last_draw > self.REFRESH_S:
+                self.bar.set_postfix_str(f"loss {loss:.4f} | {tok_s:,.0f} tok/s | MFU {mfu * 100:.2f}%", refresh=False)
+                self.bar.update(self.pending)
+                self.pending, self.last_draw = 0, now
+        elif it % self.log_interval == 0:
+            print(f"iter {it}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms, {tok_s:,.0f} tokens/s, MFU {mfu * 100:.2f}%",
+                  file=self.stream, flush=True)
+
+    def flush(self, now=None):
+        """Write the buffered log.csv rows."""
+        if self.rows:
+            with open(self.log_csv, "a", newline="") as f:
+                csv.writer(f).writerows(self.rows)
+            self.rows = []
+        self.last_flush = now or time.monotonic()
 
     def close(self):
-        self.bar.close()
+        if not self.active:
+            return
+        self.flush()
+        if self.bar is not None:
+            if self.pending:
+                self.bar.update(self.pending)
+                self.pending = 0
+            self.bar.close()
+            self.bar = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
 
     def summary(self, summary):
         with open(os.path.join(self.out_dir, "summary.json"), "w") as f:
@@ -95,16 +150,14 @@ class RunLog:
 
 def plot_losses(out_dir):
     """loss.png from log.csv and eval.csv (skipped, with a note, without matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # the Figure API, not pyplot: no global state, and less to import
+        from matplotlib.figure import Figure
     except ImportError:
         return "matplotlib is not installed: no loss.png (pip install matplotlib)"
     train = read_log(os.path.join(out_dir, "log.csv"))
     evals = read_log(os.path.join(out_dir, "eval.csv"))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot([int(r["iter"]) for r in train], [float(r["loss"]) for r in train], lw=0.6, alpha=0.6, label="train (per iteration)")
     if evals:
         its = [int(r["iter"]) for r in evals]
@@ -116,5 +169,17 @@ def plot_losses(out_dir):
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "loss.png"), dpi=120)
-    plt.close(fig)
     return None
+
+
+def wandb_run(enabled, project, name, config, say):
+    """A Weights & Biases run (``wandb.init``) when ``enabled`` and the package imports; else None,
+    with a note through ``say`` when it was asked for but wandb is missing."""
+    if not enabled:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        say("note: wandb_log is set but the wandb package is not installed: no Weights & Biases logging (pip install wandb)")
+        return None
+    return wandb.init(project=project, name=name, config=config)

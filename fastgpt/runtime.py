@@ -190,7 +190,7 @@ class Runtime:
             else:
                 rt.tuner = ThreadTuner(max(1, cpu_cores() // dist.local_world), every=tune_every)
                 torch.set_num_threads(rt.tuner.best)
-            rt.threads = rt.tuner.candidates[0] if rt.tuner else torch.get_num_threads()
+            rt.threads = rt.tuner.best if rt.tuner else torch.get_num_threads()
         return rt
 
     def close(self):
@@ -202,11 +202,18 @@ class Runtime:
             print(*args, **kwargs)
 
     @property
+    def cores(self):
+        """The CPU cores this process has: the tuner's whole range (its largest candidate), or the
+        thread count it was given. The tuner may run fewer threads at times; the cores are still its."""
+        return max(self.tuner.candidates) if self.tuner else self.threads
+
+    @property
     def peak_flops(self):
-        """MFU's denominator: the GPU's bf16 peak, or every CPU core this run uses."""
+        """MFU's denominator: the GPU's bf16 peak, or every CPU core this process has (see cores),
+        so the same throughput gives the same MFU whatever thread count the tuner runs."""
         if self.device.type == "cuda":
             return peak_flops(torch.cuda.get_device_name(self.device))
-        return peak_flops("cpu", self.threads)
+        return peak_flops("cpu", self.cores)
 
     def describe(self):
         cpu = (f", CPU threads tuned among {self.tuner.candidates}" if self.tuner else f", {self.threads} CPU thread(s)") \
@@ -218,8 +225,9 @@ class Runtime:
     def timed_step(self, k):
         """Time the k-th iteration of this run (its CPU thread count chosen by the tuner)."""
         threads = self.tuner.threads_for(k) if self.tuner else None
-        if threads:
+        if threads and threads != self.threads:
             torch.set_num_threads(threads)
+            self.threads = threads
         timer = _Timer()
         yield timer
         timer.dt = time.time() - timer.t0
@@ -238,6 +246,21 @@ class Runtime:
 class _Timer:
     def __init__(self):
         self.t0, self.dt = time.time(), None
+
+
+@contextlib.contextmanager
+def quiet_exits():
+    """How a command line ends when its user stops it: Ctrl-C exits with 130 and a closed output
+    pipe (``| head``) with 1, without a traceback."""
+    try:
+        yield
+        sys.stdout.flush()  # a closed pipe shows here, not later at interpreter exit
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # so the exit-time flush of stdout stays quiet too
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 class Interrupt:

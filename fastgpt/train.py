@@ -4,6 +4,8 @@
     python -m fastgpt.train --preset shakespeare-char --max_iters 3000
     python -m fastgpt.train configs/my_run.toml --data my.txt --batch_size 32
     python -m fastgpt.train --out_dir out/run1 --resume       # continue exactly where it stopped
+    python -m fastgpt.train --init_from gpt2 --data my.txt    # fine-tune GPT-2 (local files; see fastgpt.sources)
+    python -m fastgpt.train nanoGPT/config/train_shakespeare_char.py --device=cpu   # nanoGPT's config files
     torchrun --standalone --nproc_per_node 8 -m fastgpt.train --preset gpt2 --data corpus.txt
 
 Settings: a preset, a config file and ``--key value`` overrides (see ``fastgpt.config``; an
@@ -13,9 +15,19 @@ loss (in training or at an evaluation) stops the run, and no checkpoint with non
 optimizer state or losses is ever written: the last good one is kept. A full disk stops the run
 with the previous checkpoint intact. ``--resume`` restores the model, optimizer, grad scaler,
 iteration and RNG states, so the resumed losses equal an uninterrupted run's; resuming a finished
-run does nothing. Under torchrun, gradient_accumulation_steps (the global total) is split over the ranks
-and every iteration's global batch is the same as the single-process run's.
+run does nothing. ``--init_from`` starts from pretrained weights (a GPT-2 name, a Hugging Face
+directory or a ckpt.pt): they fix the architecture and the tokenizer, and a smaller
+``--block_size`` crops their context, as nanoGPT does.
+
+The global batch is gradient_accumulation_steps x batch_size sequences per iteration, however
+many processes run (torchrun): each process takes an equal contiguous share of it (sizes
+differing by at most one), in micro-steps of at most batch_size, and its loss is weighted by its
+share, so every iteration averages the same sequences as the single-process run. When the
+processes divide gradient_accumulation_steps the micro-steps are the single process's own and
+the losses equal its losses up to the order of float sums; otherwise (e.g. accumulation 1 on
+8 GPUs: batch_size / 8 sequences each) the micro-batches are smaller, the average the same.
 """
+import dataclasses
 import math
 import os
 import sys
@@ -25,16 +37,16 @@ from typing import Optional
 
 import torch
 
-from fastgpt import checkpoint
+from fastgpt import checkpoint, hf, sources
 from fastgpt._io import remove_stale_temporaries, why_unwritable
-from fastgpt.backends import report
+from fastgpt.backends import BackendError
 from fastgpt.checkpoint import CheckpointError
 from fastgpt.config import ConfigError, TrainConfig, as_dict, build, default_preset, from_dict
-from fastgpt.data import GPT2_PADDED_VOCAB, DataError, batch_from, prepare
+from fastgpt.data import GPT2_PADDED_VOCAB, GPT2_VOCAB, DataError, batch_from, prepare
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.presets import PRESETS
-from fastgpt.runlog import RunLog
-from fastgpt.runtime import Distributed, Interrupt, Runtime, TrainError, resolve_device
+from fastgpt.runlog import RunLog, wandb_run
+from fastgpt.runtime import Distributed, Interrupt, Runtime, TrainError, quiet_exits, resolve_device
 
 # ---------------------------------------------------------------------------------------------
 # the schedule: learning rate and batches, functions of the iteration alone (so a resumed run
@@ -67,6 +79,31 @@ def eval_starts(seed, split, k, n_tokens, count, block_size):
     return torch.randint(n_tokens - block_size, (count,), generator=g).tolist()
 
 
+def global_batch(cfg):
+    """Sequences per iteration over all processes."""
+    return cfg.gradient_accumulation_steps * cfg.batch_size
+
+
+def share_of(rank, world, total):
+    """(first, end): process ``rank``'s contiguous share of ``total`` sequences, the shares'
+    sizes differing by at most one."""
+    base, extra = divmod(total, world)
+    first = rank * base + min(rank, extra)
+    return first, first + base + (rank < extra)
+
+
+def micro_batches(cfg, rank, world):
+    """Process ``rank``'s micro-steps: (first, end) slices of the global batch, at most batch_size each."""
+    first, end = share_of(rank, world, global_batch(cfg))
+    return [(i, min(i + cfg.batch_size, end)) for i in range(first, end, cfg.batch_size)]
+
+
+def check_world(cfg, world):
+    if global_batch(cfg) < world:
+        raise ConfigError(f"the global batch (gradient_accumulation_steps x batch_size = {global_batch(cfg)} sequences) is smaller "
+                          f"than the number of processes ({world}); raise --batch_size or --gradient_accumulation_steps")
+
+
 # ---------------------------------------------------------------------------------------------
 # the train state: what a checkpoint holds
 
@@ -82,10 +119,13 @@ class TrainState:
     start_evaluated: bool = False  # whether the iteration this run starts at was evaluated already
 
     @classmethod
-    def create(cls, cfg, vocab_size, rt, ckpt=None):
-        """A fresh model and optimizer, or the checkpoint's, with its RNG states restored."""
+    def create(cls, cfg, vocab_size, rt, ckpt=None, init=None):
+        """A fresh model and optimizer, or the checkpoint's, with its RNG states restored.
+        init: pretrained weights to start from instead of a fresh model (init_from)."""
         torch.manual_seed(cfg.seed + rt.dist.rank)
-        if ckpt is None:
+        if init is not None:
+            model = init
+        elif ckpt is None:
             model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                                   bias=cfg.bias, vocab_size=vocab_size, dropout=cfg.dropout, backend=cfg.backend))
         else:
@@ -149,17 +189,19 @@ def train_step(model, state, data, cfg, rt, lr, interrupt):
     Returns (the global batch's loss, whether any process has been interrupted by now)."""
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    accum = cfg.gradient_accumulation_steps // rt.dist.world
-    starts = batch_starts(cfg.seed, state.iter_num, len(data.train), cfg.gradient_accumulation_steps * cfg.batch_size, cfg.block_size)
+    total = global_batch(cfg)
+    micro = micro_batches(cfg, rt.dist.rank, rt.dist.world)
+    starts = batch_starts(cfg.seed, state.iter_num, len(data.train), total, cfg.block_size)
     loss_sum = torch.zeros((), device=rt.device)
-    for micro in range(accum):
-        k = rt.dist.rank * accum + micro  # this micro-step's slot in the global batch
-        x, y = batch_from(data.train, starts[k * cfg.batch_size : (k + 1) * cfg.batch_size], cfg.block_size, rt.device)
+    for n, (first, end) in enumerate(micro):
+        x, y = batch_from(data.train, starts[first:end], cfg.block_size, rt.device)
         if rt.dist.enabled:  # sync gradients only on the last micro-step
-            model.require_backward_grad_sync = micro == accum - 1
+            model.require_backward_grad_sync = n == len(micro) - 1
         with rt.autocast:
             _, loss = model(x, y)
-            loss = loss / accum
+            # weight by the micro-batch's part of the global batch (DDP averages over processes):
+            # 1 / accumulation steps when the processes divide them evenly
+            loss = loss / (total / ((end - first) * rt.dist.world))
         state.scaler.scale(loss).backward()
         loss_sum += loss.detach().float()
     stats = torch.stack([loss_sum, torch.tensor(float(interrupt.requested), device=rt.device)])
@@ -225,7 +267,7 @@ def evaluate_and_checkpoint(state, data, cfg, rt, log, lr, elapsed):
 
 def train(argv=None):
     """Run training from command-line style arguments; returns a summary dict (rank 0)."""
-    cfg, explicit, preset, flags = build(sys.argv[1:] if argv is None else argv)
+    cfg, explicit, preset, flags, notes = build(sys.argv[1:] if argv is None else argv)
     dist = Distributed.from_env()
     resolve_device(cfg.device, dist.local_rank if dist.enabled else None)  # fails before anything touches the disk
     if not cfg.eval_only:
@@ -238,29 +280,36 @@ def train(argv=None):
             print(f"nothing to do: {os.path.join(cfg.out_dir, 'ckpt.pt')} is at iteration {ckpt['iter_num']} (max_iters "
                   f"{cfg.max_iters}), evaluated and saved; pass a larger --max_iters to train on")
         return None
-    if dist.enabled and cfg.gradient_accumulation_steps % dist.world:
-        raise ConfigError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a multiple of the "
-                          f"number of processes ({dist.world}); set --gradient_accumulation_steps to a multiple of {dist.world}")
+    init = None
+    if ckpt is None and cfg.init_from != "scratch":
+        init, cfg = pretrained(cfg, explicit)
+    check_world(cfg, dist.world)
+    if dist.master:
+        for note in notes:
+            print(f"note: {note}")
     rt = Runtime.start(cfg.device, cfg.dtype, dist, cfg.threads, tune_every=cfg.eval_interval)
     try:
-        return run(cfg, preset, ckpt, rt)
+        return run(cfg, preset, ckpt, rt, init)
     finally:
         rt.close()
 
 
-def run(cfg, preset, ckpt, rt):
-    data = load_data(cfg, rt)
-    state = TrainState.create(cfg, GPT2_PADDED_VOCAB if cfg.tokenizer == "gpt2" else data.vocab_size, rt, ckpt)
-    del ckpt  # free the loaded copy
+def run(cfg, preset, ckpt, rt, init=None):
+    data = load_data(cfg, rt, init)
+    state = TrainState.create(cfg, GPT2_PADDED_VOCAB if cfg.tokenizer == "gpt2" else data.vocab_size, rt, ckpt, init.model if init else None)
+    del ckpt, init  # free the loaded copies
     model = wrap(state.model, cfg, rt)
-    rt.say(banner(cfg, preset, state, data, rt))
+    backends = check_backends(state.model, rt)
+    rt.say(banner(cfg, preset, state, data, rt, backends))
     if cfg.eval_only:  # evaluate (the checkpoint, if there is one) and touch nothing on disk
         return eval_only(state, data, cfg, rt)
     first = state.iter_num
-    log = RunLog(cfg.out_dir, active=rt.dist.master, start=first, max_iters=cfg.max_iters, mfu=mfu_of(state, cfg, rt),
-                 tokens_per_iter=tokens_per_iter(cfg), progress=cfg.progress, log_interval=cfg.log_interval)
+    log = RunLog(cfg.out_dir, active=rt.dist.master, start=first, max_iters=cfg.max_iters, tokens_per_iter=tokens_per_iter(cfg),
+                 flops_per_iter=flops_per_iter(state.model, cfg, rt), peak_flops=cfg.peak_flops or rt.peak_flops,
+                 progress=cfg.progress, log_interval=cfg.log_interval,
+                 wandb=wandb_run(cfg.wandb_log and rt.dist.master, cfg.wandb_project, cfg.wandb_run_name, as_dict(cfg), rt.say))
     t_start, losses = time.time(), {}
-    with Interrupt(log.write) as interrupt:
+    with log, Interrupt(log.write) as interrupt:
         while True:
             it = state.iter_num
             lr = lr_at(it, cfg)
@@ -277,7 +326,6 @@ def run(cfg, preset, ckpt, rt):
                 path = state.save(cfg, data.meta, rt, state.iter_num, evaluated=False)
                 raise SystemExit(f"interrupted at iteration {state.iter_num}: checkpoint saved to {path}; continue with "
                                  f"--resume --out_dir {cfg.out_dir}") if rt.dist.master else SystemExit(130)
-    log.close()
     return finish(state, data, cfg, rt, log, preset, losses, time.time() - t_start) if rt.dist.master else None
 
 
@@ -296,14 +344,83 @@ def check_out_dir(out_dir, dist):
             print(f"removed {path}, a partial checkpoint left by a process that no longer exists")
 
 
-def load_data(cfg, rt):
+def load_data(cfg, rt, init=None):
     """The tokenized data: rank 0 prepares it (once, cached), the others then read its files."""
-    data = prepare(cfg.data, cfg.tokenizer, cfg.data_dir) if rt.dist.master else None
+    bpe = init.bpe if init else None
+    data = prepare(cfg.data, cfg.tokenizer, cfg.data_dir, bpe=bpe) if rt.dist.master else None
     rt.dist.barrier()
     if data is None:
-        data = prepare(cfg.data, cfg.tokenizer, cfg.data_dir, verbose=False)
+        data = prepare(cfg.data, cfg.tokenizer, cfg.data_dir, verbose=False, bpe=bpe)
     data.check_block_size(cfg.block_size)
+    if init:
+        init.check_data(data)
     return data
+
+
+# ---------------------------------------------------------------------------------------------
+# init_from: pretrained weights to fine-tune
+
+
+@dataclass
+class Pretrained:
+    """The weights named by init_from, and what they ask of the data."""
+
+    model: GPT
+    source: str
+    meta: Optional[dict] = None  # a fastgpt checkpoint's tokenizer
+    bpe: Optional[str] = None  # a directory with GPT-2's BPE files beside the weights
+
+    def check_data(self, data):
+        """The data must be tokenized the way the weights were."""
+        vocab = self.model.config.vocab_size
+        if self.meta and self.meta.get("tokenizer") == "char" and data.meta.get("chars") != self.meta.get("chars"):
+            raise DataError(f"init_from {self.source}: that model was trained on other characters than {data.meta['source']} has; "
+                            f"fine-tune a character-level model on text with the same characters, or train from scratch")
+        if data.meta["tokenizer"] == "char" and not self.meta and data.vocab_size != vocab:
+            raise DataError(f"init_from {self.source}: the weights have a vocabulary of {vocab} but {data.meta['source']} has "
+                            f"{data.vocab_size} characters; use the text they were trained on, or train from scratch")
+        if data.vocab_size > vocab:
+            raise DataError(f"init_from {self.source}: the data's vocabulary ({data.vocab_size}) is larger than the weights' ({vocab})")
+
+
+def pretrained(cfg, explicit):
+    """(Pretrained, cfg) for cfg.init_from: the weights, and the settings they fix (architecture,
+    tokenizer; block_size: theirs, or a smaller explicit one that crops them)."""
+    source = cfg.init_from
+    meta = bpe = None
+    if os.path.isfile(source) or os.path.isfile(os.path.join(source, "ckpt.pt")):  # nanoGPT/fastgpt checkpoint
+        path = checkpoint.resolve(source)
+        ckpt = checkpoint.load(path)
+        model = checkpoint.model_from_checkpoint(ckpt, path, dropout=cfg.dropout, backend=cfg.backend)
+        meta = ckpt.get("meta")
+        bpe = (meta or {}).get("bpe")
+        del ckpt
+    else:  # a GPT-2 name or a Hugging Face directory
+        model = hf.from_pretrained(source, dropout=cfg.dropout, backend=cfg.backend)
+        bpe = sources.bpe_dir(source)
+    mc = model.config
+    fixed = {k: getattr(mc, k) for k in ("n_layer", "n_head", "n_embd", "bias")}
+    fixed["tokenizer"] = meta["tokenizer"] if meta else ("gpt2" if mc.vocab_size >= GPT2_VOCAB else "char")
+    clash = [f"{k}={explicit[k]!r} (the weights: {v!r})" for k, v in fixed.items() if k in explicit and explicit[k] != v]
+    if clash:
+        raise ConfigError(f"init_from {source!r} fixes {', '.join(clash)}; drop those settings")
+    block = explicit.get("block_size", mc.block_size)
+    if block > mc.block_size:
+        raise ConfigError(f"block_size {block} is longer than the context of init_from {source!r} ({mc.block_size}); "
+                          f"use --block_size {mc.block_size} or less")
+    if block < mc.block_size:
+        model.crop_block_size(block)  # nanoGPT's model surgery
+    cfg = dataclasses.replace(cfg, **fixed, block_size=block)
+    return Pretrained(model, source, meta, bpe), cfg
+
+
+def check_backends(model, rt):
+    """{op: backend} for the banner; raises BackendError at once when a forced one cannot run."""
+    backends = model.backends(rt.device.type, rt.dtype)
+    for name in backends.values():
+        if name.startswith("error: "):
+            raise BackendError(name[len("error: "):])
+    return backends
 
 
 def wrap(model, cfg, rt):
@@ -317,18 +434,17 @@ def wrap(model, cfg, rt):
 
 
 def tokens_per_iter(cfg):
-    return cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    return global_batch(cfg) * cfg.block_size
 
 
-def mfu_of(state, cfg, rt):
-    peak = cfg.peak_flops or rt.peak_flops
-    sequences = cfg.batch_size * (cfg.gradient_accumulation_steps // rt.dist.world)
-    return lambda dt: state.model.estimate_mfu(sequences, dt, peak)
+def flops_per_iter(model, cfg, rt):
+    """This process's model FLOPs per iteration (nanoGPT's estimate_mfu count, for MFU)."""
+    first, end = share_of(rt.dist.rank, rt.dist.world, global_batch(cfg))
+    return model.estimate_mfu(end - first, 1.0, 1.0)
 
 
-def banner(cfg, preset, state, data, rt):
+def banner(cfg, preset, state, data, rt, backends):
     mc = state.model.config
-    backends = report(rt.device.type, rt.dtype, n_embd=mc.n_embd, n_head=mc.n_head, block_size=mc.block_size)
     lines = [
         f"fastgpt.train: preset {preset}, {state.model.get_num_params() / 1e6:.2f}M parameters "
         f"({mc.n_layer} layers x {mc.n_head} heads x {mc.n_embd} dims, context {mc.block_size}, vocabulary {mc.vocab_size}); "
@@ -338,6 +454,8 @@ def banner(cfg, preset, state, data, rt):
     ]
     if state.iter_num:
         lines.append(f"resuming {cfg.out_dir} at iteration {state.iter_num}")
+    elif cfg.init_from != "scratch":
+        lines.append(f"fine-tuning {cfg.init_from}")
     return "\n".join(lines)
 
 
@@ -390,10 +508,11 @@ def main(argv=None):
     if "-h" in argv or "--help" in argv:
         print(usage())
         return
-    try:
-        train(argv)
-    except (ConfigError, DataError, CheckpointError, TrainError) as e:
-        raise SystemExit(f"error: {e}") from None
+    with quiet_exits():  # a second Ctrl-C stops without saving; | head stops the run quietly
+        try:
+            train(argv)
+        except (ConfigError, DataError, CheckpointError, TrainError, BackendError) as e:
+            raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

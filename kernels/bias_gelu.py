@@ -121,16 +121,46 @@ def launch_with_config(kind, cfg, **args):
 
 
 # GELU, with z = x + bias:
-#   exact: gelu(z) = z * Phi(z),  Phi(z) = (1 + erf(z / sqrt(2))) / 2,
+#   exact: gelu(z) = z * Phi(z),  Phi(z) = erfc(-z / sqrt(2)) / 2,
 #          gelu'(z) = Phi(z) + z * phi(z),  phi(z) = exp(-z^2 / 2) / sqrt(2 pi).
 #   tanh:  gelu(z) = z * (1 + t) / 2,  t = tanh(u),  u = sqrt(2/pi) * (z + 0.044715 z^3),
 #          gelu'(z) = (1 + t) / 2 + z * (1 - t^2) / 2 * sqrt(2/pi) * (1 + 3 * 0.044715 z^2).
 # tanh(u) = 1 - 2 / (1 + exp(2u)) needs no tanh intrinsic, which not every Triton release
 # exposes; u is clamped to +-15 (tanh(15) rounds to 1 in fp32) so exp never overflows.
+#
+# Phi without erf. With a = |z| / sqrt(2), erfc(a) = u * Q(s) * exp(-a^2) where
+# u = 1 / (1 + p a), s = 1 - u = p a u: the form of Abramowitz & Stegun 7.1.26, refitted (p and a
+# degree-7 polynomial minimising erfc's relative error over a in [0, 10]: 8.8e-8 in exact
+# arithmetic) and written in s, which keeps Horner well conditioned near z = 0. Then
+# Phi = 1 - erfc(a) / 2 for z >= 0 and erfc(a) / 2 for z < 0, with no 1 + erf(z) cancellation
+# in the negative tail, and exp(-a^2) = exp(-z^2 / 2) is also phi's: the backward gets phi for
+# one multiply. About 20 SASS instructions per element for gelu (libdevice's erff path: ~41)
+# and 22 for gelu' (~50). Measured against float64 over 8M fp32 z in [-10, 10] (fp32 rounding
+# after every operation, exact exp2 and reciprocal; the GPU's MUFU.EX2/RCP add at most 2 ulp):
+# |gelu error| <= 3.9e-7 (1 ulp for z >= 3; relative error 6e-6 for z < -3, where the old
+# form lost every digit), |gelu' error| <= 1.8e-7; see tests/test_kernel_bias_gelu.py.
 @triton.jit
 def _tanh(u):
     u = tl.minimum(tl.maximum(u, -15.0), 15.0)
     return 1.0 - 2.0 / (1.0 + tl.exp(2.0 * u))
+
+
+@triton.jit
+def _phi_and_gauss(z):
+    """(Phi(z), exp(-z^2 / 2)) in fp32 (see the comment block above)."""
+    pa = tl.abs(z) * (0.3305 * 0.7071067811865476)  # p * a
+    u = 1.0 / (1.0 + pa)  # MUFU.RCP (div.full.f32: Triton's fp32 division is not IEEE)
+    s = pa * u
+    q = 0.06711560267546476 * s - 0.2431970188124543
+    q = q * s + 0.22021465233124582
+    q = q * s + 0.39801620286280803
+    q = q * s - 1.3048590738321701
+    q = q * s + 1.6630965853378996
+    q = q * s - 1.2070712198253313
+    q = q * s + 0.49999995612222603  # Q / 2: h = erfc(a) / 2
+    gauss = tl.exp2(z * z * (-0.5 * 1.4426950408889634))
+    h = u * q * gauss
+    return tl.where(z >= 0, 1.0 - h, h), gauss
 
 
 @triton.jit
@@ -139,7 +169,8 @@ def _gelu(z, APPROX_TANH: tl.constexpr):
         t = _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z))
         y = 0.5 * z * (1.0 + t)
     else:
-        y = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+        phi, _ = _phi_and_gauss(z)
+        y = z * phi
     return y
 
 
@@ -150,9 +181,8 @@ def _gelu_grad(z, APPROX_TANH: tl.constexpr):
         du = 0.7978845608028654 * (1.0 + 0.134145 * z * z)
         g = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * du
     else:
-        cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
-        pdf = 0.3989422804014327 * tl.exp(-0.5 * z * z)
-        g = cdf + z * pdf
+        phi, gauss = _phi_and_gauss(z)
+        g = phi + z * (0.3989422804014327 * gauss)
     return g
 
 

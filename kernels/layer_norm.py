@@ -6,9 +6,10 @@ tensors, normalizing over the last dimension as ``F.layer_norm(x, (N,), weight, 
 ``weight`` and ``bias`` may each be None (nanoGPT's ``bias=False``). Statistics are fp32.
 
 The backward reduces dweight/dbias without atomics: each program of the dx kernel owns a
-contiguous block of rows and writes one fp32 partial row into a (G, N) buffer, then
-``fastgpt.kernels._reduce.column_sum`` sums that buffer's columns in a fixed order, so the result is
-bit-identical from run to run on a given device.
+contiguous block of rows and writes one fp32 partial row of each into a (G, N) or (G, 2N)
+buffer, then ``fastgpt.kernels._reduce.column_sum`` sums that buffer's columns in a fixed order
+(one launch for both, at least one program per SM), so the result is bit-identical from run to
+run on a given device.
 """
 import functools
 
@@ -32,13 +33,15 @@ def launch_config(N: int) -> dict:
     BLOCK_N:          next power of two >= N; the whole row is one tile.
     BLOCK_M:          rows per forward program: a few for narrow rows so each program moves
                       at least ~2K elements, one from N > 1024 on.
+    BWD_BLOCK_M:      rows per step of a backward program: up to 4K elements in flight (4 rows
+                      of N = 768), so their loads overlap and the two row reductions per step
+                      (each a round of barriers) are shared by all of them.
     num_warps:        4 up to N = 1024, 8 up to 4096, 16 above (<= 16 fp32 values per thread
                       per row for the widths GPT-2 uses).
     programs_per_sm:  backward programs per SM: as many as are co-resident at the registers
-                      the dx kernel needs (64 at 4 warps, 128 at 8 and 16 warps on sm_90, see
-                      tests/test_aot_norms.py); each walks its rows one at a time, so resident
-                      programs are the only latency hiding. More would just run in a second
-                      wave and grow the partial-sum buffer.
+                      the dx kernel needs (about 100 at 4 warps, 128 at 8 and 16 warps on
+                      sm_90, see scripts/sass_report.py); more would just run in a second wave
+                      and grow the partial-sum buffer.
     """
     if not 1 <= N <= MAX_N:
         raise ValueError(f"N must be in [1, {MAX_N}], got {N}")
@@ -47,8 +50,9 @@ def launch_config(N: int) -> dict:
     return {
         "BLOCK_N": block_n,
         "BLOCK_M": max(1, min(8, 2048 // block_n)),
+        "BWD_BLOCK_M": max(1, min(8, 4096 // block_n)),
         "num_warps": num_warps,
-        "programs_per_sm": {4: 8, 8: 2, 16: 1}[num_warps],
+        "programs_per_sm": {4: 4, 8: 2, 16: 1}[num_warps],
     }
 
 
@@ -60,25 +64,30 @@ TUNABLE = ("fwd", "bwd")
 @functools.lru_cache(maxsize=None)
 def config_candidates(kind: str, N: int) -> tuple:
     """Candidate configs of the forward ("fwd": BLOCK_M, num_warps) or the backward ("bwd":
-    num_warps, programs_per_sm) for rows of width ``N``, ``launch_config``'s choice first.
+    BLOCK_M rows per step, num_warps, programs_per_sm) for rows of width ``N``,
+    ``launch_config``'s choice first.
 
-    The others keep 8 or 16 fp32 row values per thread (launch_config's choice has 16): fewer
-    leave the loads narrow, more would approach spilling; and tiles of at most 4096 elements
-    (or one row), as a 2 x 4096 tile spills on sm_80 (tests/test_aot_norms.py).
+    The others keep 8 or 16 fp32 values of each tile per thread (launch_config's forward has
+    16, its backward up to 32): fewer leave the loads narrow, more would approach spilling; and
+    tiles of at most 4096 elements (or one row), as a 2 x 4096 tile spills on sm_80
+    (tests/test_aot_norms.py). The backward's programs per SM are launch_config's (already
+    what is co-resident) or half of it (fewer partial rows to sum).
     """
     base = launch_config(N)
     block_n = base["BLOCK_N"]
+    tiles = [(bm, w) for bm in (1, 2, 4, 8) for w in (2, 4, 8, 16)
+             if bm * block_n <= max(4096, block_n) and bm * block_n // (32 * w) in (8, 16)]
     if kind == "fwd":
         first = {"BLOCK_M": base["BLOCK_M"], "num_warps": base["num_warps"]}
-        others = [{"BLOCK_M": bm, "num_warps": w} for bm in (1, 2, 4, 8) for w in (2, 4, 8, 16)
-                  if bm * block_n <= max(4096, block_n) and bm * block_n // (32 * w) in (8, 16)]
+        others = [{"BLOCK_M": bm, "num_warps": w} for bm, w in tiles]
     elif kind == "bwd":
-        first = {"num_warps": base["num_warps"], "programs_per_sm": base["programs_per_sm"]}
-        others = [{"num_warps": w, "programs_per_sm": p} for w in (2, 4, 8, 16) for p in (1, 2, 4, 8)
-                  if block_n // (32 * w) in (4, 8, 16)]
+        first = {"BLOCK_M": base["BWD_BLOCK_M"], "num_warps": base["num_warps"], "programs_per_sm": base["programs_per_sm"]}
+        per_sm = sorted({base["programs_per_sm"], max(1, base["programs_per_sm"] // 2)}, reverse=True)
+        others = [{"BLOCK_M": bm, "num_warps": w, "programs_per_sm": p} for bm, w in [(first["BLOCK_M"], first["num_warps"]), *tiles]
+                  for p in per_sm]
     else:
         raise ValueError(f"kind must be one of {TUNABLE}, got {kind!r}")
-    return (first, *[c for c in others if c != first])
+    return tuple({tuple(c.items()): c for c in (first, *others)}.values())
 
 
 def config_fields(cfg: dict) -> dict:
@@ -171,26 +180,28 @@ def _layer_norm_fwd_kernel(
 @triton.jit
 def _layer_norm_bwd_dx_kernel(
     DY_ptr, X_ptr, W_ptr, Mean_ptr, Rstd_ptr, DX_ptr, DW_part_ptr, DB_part_ptr,
-    stride_dy_row, stride_x_row, stride_dx_row,
+    stride_dy_row, stride_x_row, stride_dx_row, stride_part_row,
     M, N, ROWS_PER_PROG,
-    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_DW: tl.constexpr, HAS_DB: tl.constexpr,
 ):
     """LayerNorm backward: dx for a block of rows, plus that block's dweight/dbias partials.
 
-    Grid: (G,) with G = cdiv(M, ROWS_PER_PROG); program i loops over rows
-    [i*ROWS_PER_PROG, min((i+1)*ROWS_PER_PROG, M)) one row at a time.
-    Tiles: one row of BLOCK_N = next_pow2(N) >= N columns (columns >= N masked).
+    Grid: (G,) with G = cdiv(M, ROWS_PER_PROG); program i walks rows
+    [i*ROWS_PER_PROG, min((i+1)*ROWS_PER_PROG, M)) BLOCK_M rows per step.
+    Tiles: BLOCK_M x BLOCK_N, BLOCK_N = next_pow2(N) >= N (columns >= N masked); the step's
+    rows load together and share one round of barriers per row reduction.
     Pointers: DY, X (M, N) x.dtype with row strides stride_dy_row / stride_x_row and unit
               column stride; DX (M, N) x.dtype, row stride stride_dx_row; W (N,) x.dtype
-              (unused unless HAS_W); Mean, Rstd (M,) fp32; DW_part, DB_part (G, N) fp32,
-              contiguous (unused unless HAS_DW / HAS_DB).
+              (unused unless HAS_W); Mean, Rstd (M,) fp32; DW_part, DB_part: rows of G fp32
+              partials, row stride stride_part_row (unused unless HAS_DW / HAS_DB).
     On-chip: W and the fp32 dweight/dbias partial sums stay in registers for the whole loop;
     each row of x and dy is read once.
     HBM bytes per element: 3 * sizeof(x.dtype) (read x, dy; write dx) + 8 / N (mean, rstd)
     + 4 * G / M per partial buffer.
-    Accumulation: fp32 (row reductions and the partial sums).
-    Constraints: BLOCK_N >= N, BLOCK_N <= MAX_N (host checks), unit column stride.
+    Accumulation: fp32 (row reductions and the partial sums, in a fixed order).
+    Constraints: BLOCK_N >= N, BLOCK_N <= MAX_N (host checks), ROWS_PER_PROG % BLOCK_M == 0,
+    unit column stride.
     """
     tl.static_assert(BLOCK_N <= 8192, "a row and its partials must fit in registers")
     pid = tl.program_id(0)
@@ -202,35 +213,35 @@ def _layer_norm_bwd_dx_kernel(
     db_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     row_start = pid * ROWS_PER_PROG
     row_end = tl.minimum(row_start + ROWS_PER_PROG, M)
-    # 64-bit row offsets: M * stride may exceed 2**31.
-    x_ptrs = X_ptr + row_start.to(tl.int64) * stride_x_row + cols
-    dy_ptrs = DY_ptr + row_start.to(tl.int64) * stride_dy_row + cols
-    dx_ptrs = DX_ptr + row_start.to(tl.int64) * stride_dx_row + cols
-    for row in range(row_start, row_end):
-        x = tl.load(x_ptrs, mask=col_mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptrs, mask=col_mask, other=0.0).to(tl.float32)
-        mean = tl.load(Mean_ptr + row)
-        rstd = tl.load(Rstd_ptr + row)
-        xhat = tl.where(col_mask, (x - mean) * rstd, 0.0)
+    for r0 in range(row_start, row_end, BLOCK_M):
+        rows = r0 + tl.arange(0, BLOCK_M)
+        row_mask = rows < row_end
+        mask = row_mask[:, None] & col_mask[None, :]
+        rows64 = rows.to(tl.int64)  # M * stride may exceed 2**31
+        x = tl.load(X_ptr + rows64[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0)
+        dy = tl.load(DY_ptr + rows64[:, None] * stride_dy_row + cols[None, :], mask=mask, other=0.0)
+        x = x.to(tl.float32)
+        dy = dy.to(tl.float32)
+        mean = tl.load(Mean_ptr + rows, mask=row_mask, other=0.0)
+        rstd = tl.load(Rstd_ptr + rows, mask=row_mask, other=0.0)
+        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
         if HAS_W:
-            g = dy * w
+            g = dy * w[None, :]
         else:
             g = dy
-        c1 = tl.sum(g * xhat, axis=0) / N
-        c2 = tl.sum(g, axis=0) / N
-        dx = (g - (xhat * c1 + c2)) * rstd
-        tl.store(dx_ptrs, dx.to(DX_ptr.dtype.element_ty), mask=col_mask)
-        x_ptrs += stride_x_row
-        dy_ptrs += stride_dy_row
-        dx_ptrs += stride_dx_row
+        c1 = tl.sum(g * xhat, axis=1) / N
+        c2 = tl.sum(g, axis=1) / N
+        dx = (g - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        tl.store(DX_ptr + rows64[:, None] * stride_dx_row + cols[None, :],
+                 dx.to(DX_ptr.dtype.element_ty), mask=mask)
         if HAS_DW:
-            dw_acc += dy * xhat
+            dw_acc += tl.sum(dy * xhat, axis=0)
         if HAS_DB:
-            db_acc += dy
+            db_acc += tl.sum(dy, axis=0)
     if HAS_DW:
-        tl.store(DW_part_ptr + pid * N + cols, dw_acc, mask=col_mask)
+        tl.store(DW_part_ptr + pid * stride_part_row + cols, dw_acc, mask=col_mask)
     if HAS_DB:
-        tl.store(DB_part_ptr + pid * N + cols, db_acc, mask=col_mask)
+        tl.store(DB_part_ptr + pid * stride_part_row + cols, db_acc, mask=col_mask)
 
 
 def _check_2d(name, t, dtype=None, device=None):
@@ -318,16 +329,17 @@ def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float, config=None):
     return y, mean, rstd
 
 
-def backward_grid(M: int, N: int, device: torch.device, programs_per_sm: int = None):
-    """``(G, rows_per_program)`` for the backward: G programs, each owning a row block.
+def backward_grid(M: int, N: int, device: torch.device, config: dict = None):
+    """``(G, rows_per_program)`` for the backward: G programs, each owning a row block (a
+    multiple of the config's BLOCK_M rows; default config: ``config_candidates("bwd", N)[0]``).
 
-    G depends only on M, N, the device's SM count and ``programs_per_sm`` (default
-    ``launch_config``'s), so the partial-sum order (and thus dweight/dbias) is reproducible on
-    a given device with a given tuning table.
+    G depends only on M, N, the device's SM count and the config, so the partial-sum order
+    (and thus dweight/dbias) is reproducible on a given device with a given tuning table.
     """
-    programs_per_sm = programs_per_sm or launch_config(N)["programs_per_sm"]
-    target = min(num_sms(device) * programs_per_sm, triton.cdiv(M, _MIN_ROWS_PER_PROG))
-    rows_per_prog = triton.cdiv(M, max(1, target))
+    cfg = config or config_candidates("bwd", N)[0]
+    target = min(num_sms(device) * cfg["programs_per_sm"], triton.cdiv(M, _MIN_ROWS_PER_PROG))
+    step = cfg["BLOCK_M"]
+    rows_per_prog = triton.cdiv(triton.cdiv(M, max(1, target)), step) * step
     return triton.cdiv(M, rows_per_prog), rows_per_prog
 
 
@@ -368,21 +380,23 @@ def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.
     dbias = torch.empty_like(bias) if has_db else None
 
     cfg = config or _pick("bwd", x)
-    G, rows_per_prog = backward_grid(M, N, x.device, cfg["programs_per_sm"])
-    f32 = dict(dtype=torch.float32, device=x.device)
-    dw_part = torch.empty((G, N), **f32) if has_dw else dx
-    db_part = torch.empty((G, N), **f32) if has_db else dx
+    G, rows_per_prog = backward_grid(M, N, x.device, cfg)
+    # dweight's partials in columns [0, N), dbias's after them: one column-sum launch for both.
+    n_parts = int(has_dw) + int(has_db)
+    part = torch.empty((G, n_parts * N), dtype=torch.float32, device=x.device) if n_parts else dx
+    dw_part = part if has_dw else dx
+    db_part = part[:, N * has_dw:] if has_db else dx
     with on_device(x):
         _layer_norm_bwd_dx_kernel[(G,)](
             dy, x, weight if has_dw else x, mean, rstd, dx, dw_part, db_part,
-            dy.stride(0), x.stride(0), dx.stride(0),
+            dy.stride(0), x.stride(0), dx.stride(0), n_parts * N,
             M, N, rows_per_prog,
-            BLOCK_N=triton.next_power_of_2(N),
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=triton.next_power_of_2(N),
             HAS_W=has_dw, HAS_DW=has_dw, HAS_DB=has_db,
             num_warps=cfg["num_warps"], num_stages=1,
         )
-        if has_dw:
-            column_sum(dw_part, dweight)
-        if has_db:
-            column_sum(db_part, dbias)
+        if has_dw and has_db:
+            column_sum(part, dweight, dbias)
+        elif n_parts:
+            column_sum(part, dweight if has_dw else dbias)
     return dx, dweight, dbias

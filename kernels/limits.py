@@ -26,8 +26,12 @@ def interpreter_dot_why_not(t: torch.Tensor):
     return None
 
 
-# Attention: head dims with a tile config, and the grid's second axis (one program per (b, h)).
+# Attention: head dims with a tile config; batch and heads ride grid axes 2 and 1 (<= 65535
+# each). ATTENTION_MAX_BATCH_HEADS is the older, stricter bound on B * n_head that
+# fastgpt.ops still checks; the kernels accept any B * n_head < 2**31 within the two above.
 ATTENTION_HEAD_DIMS = (16, 32, 64, 128)
+ATTENTION_MAX_BATCH = 65535
+ATTENTION_MAX_HEADS = 65535
 ATTENTION_MAX_BATCH_HEADS = 65535
 
 # LayerNorm keeps a whole row on-chip (registers); wider rows spill (tests/test_aot_norms.py).

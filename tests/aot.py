@@ -20,6 +20,10 @@ from ``signature`` is added). ``arch`` is the compute capability as an int (80, 
 The result holds ``n_regs`` (registers per thread), ``n_spills`` (spilled bytes: ptxas' stack
 frame plus local memory), ``shared`` (dynamic + static shared memory in bytes) and
 ``shared_limit`` (the opt-in maximum per block on that arch), plus the raw ``cuobjdump`` figures.
+With ``analyze=True`` it also holds ``analysis``: what ``scripts/sass_report.py`` reads from the
+PTX and SASS (ptxas' advisories such as C7515, serialized wgmma; per-loop instruction counts;
+blocks per SM). ``triton_path`` compiles with another Triton installed there (e.g.
+``pip install --target DIR triton==3.6.0``), in a child process whose ``sys.path`` starts with it.
 Registers and spills come from the compiled kernel's metadata when Triton put them there
 (it does only after loading the binary on a GPU) and are always cross-checked against
 ``cuobjdump --dump-resource-usage`` (shipped with Triton next to ``ptxas``) on the cubin.
@@ -31,11 +35,12 @@ kernel's module by name (so kernels must live at module level in an importable m
 It calls ``pytest.skip`` when the installed Triton lacks the API it relies on or ``cuobjdump``
 is missing; a kernel that fails to compile fails the test.
 
-``triton_path`` compiles with another Triton: a ``pip install --target`` folder put first on the
-child's path. ``TRITON_36`` is the GPU machine's version, which ``scripts/env.sh`` installs
-into ``.venv/triton-3.6.0`` so that an API or codegen difference shows up here, not in the lent
-minutes. ``TRITONS`` is what the full ladders compile with: the installed Triton, and 3.6 too
-with ``FASTGPT_AOT_FULL=1``.
+``TRITON_36`` is the GPU machine's Triton, which ``scripts/env.sh`` installs into
+``.venv/triton-3.6.0`` and names in ``FASTGPT_TRITON36``, so that an API or codegen difference
+shows up here, not in the lent minutes: the default suite compiles the launchers' GPT-2 picks
+with it, skipping when it is absent from the default folder and failing when FASTGPT_TRITON36
+names a folder without it. ``TRITONS`` is what the full ladders compile with: the installed
+Triton, and 3.6 too with ``FASTGPT_AOT_FULL=1``.
 """
 import atexit
 import json
@@ -51,7 +56,16 @@ import pytest
 
 from fastgpt.kernels.limits import SHARED_MEMORY_PER_BLOCK as SHARED_LIMIT
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import sass_report  # noqa: E402, I001  (the report script's analysis: the tests read SASS its way)
+
+# The GPU machine's Triton (3.6.0), installed beside the environment by scripts/env.sh, which
+# exports FASTGPT_TRITON36: set, it must be there (a missing one fails the tests that use it, so
+# CI cannot lose the rehearsal silently); unset, the venv's default folder is used if present.
 TRITON_36 = os.environ.get("FASTGPT_TRITON36") or os.path.join(sys.prefix, "triton-3.6.0")
+TRITON_36_REQUIRED = bool(os.environ.get("FASTGPT_TRITON36"))
+# What the full ladders compile with: the installed Triton, and 3.6 too with FASTGPT_AOT_FULL=1.
 TRITONS = [None] + ([TRITON_36] if os.environ.get("FASTGPT_AOT_FULL") == "1" else [])
 
 
@@ -94,7 +108,7 @@ def _parse_resource_usage(text, name):
 
 
 def _compile_here(module: str, qualname: str, signature: dict, constexprs: dict, arch: int,
-                  num_warps: int, num_stages: int, divisible_by_16=None) -> dict:
+                  num_warps: int, num_stages: int, divisible_by_16=None, analyze=False) -> dict:
     """Compile in this process; triton must not be in interpreter mode here."""
     import importlib
 
@@ -139,18 +153,22 @@ def _compile_here(module: str, qualname: str, signature: dict, constexprs: dict,
     if n_regs is not None and n_regs != usage["REG"]:
         raise AssertionError(f"metadata says {n_regs} registers, cuobjdump {usage['REG']}")
     spill_bytes = usage["STACK"] + usage["LOCAL"]
-    return {
+    shared = (getattr(meta, "shared", 0) or 0) + usage["SHARED"]
+    info = {
         "name": meta.name,
-        "triton": triton.__version__,
         "arch": arch,
         "num_warps": num_warps,
         "num_stages": num_stages,
         "n_regs": usage["REG"],
         "n_spills": spill_bytes if n_spills is None else max(n_spills, spill_bytes),
-        "shared": (getattr(meta, "shared", 0) or 0) + usage["SHARED"],
+        "shared": shared,
         "shared_limit": SHARED_LIMIT.get(arch, SHARED_LIMIT[80]),
         "cuobjdump": usage,
+        "triton": triton.__version__,
     }
+    if analyze:
+        info["analysis"] = sass_report.analyze(compiled.asm, arch, num_warps, shared)
+    return info
 
 
 def _serve():
@@ -176,15 +194,16 @@ _workers = {}
 def _compile_in_worker(request: dict, triton_path=None) -> dict:
     # Under TRITON_INTERPRET=1 every @triton.jit function, triton's own library included, is an
     # interpreter wrapper that the compiler cannot use, so compile in a child process that
-    # imports the kernel's module with the interpreter off; with ``triton_path`` first on its
-    # path, with that Triton. One child per Triton serves the whole session.
+    # imports the kernel's module with the interpreter off. One child per Triton serves the
+    # whole session.
     worker = _workers.get(triton_path)
     if worker is None or worker.poll() is not None:
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        env["PYTHONPATH"] = os.pathsep.join(([triton_path] if triton_path else []) + [p for p in sys.path if p])
-        worker = _workers[triton_path] = subprocess.Popen([sys.executable, os.path.abspath(__file__)], env=env,
-                                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        env["PYTHONPATH"] = os.pathsep.join([triton_path] * bool(triton_path) + [p for p in sys.path if p])
+        worker = subprocess.Popen([sys.executable, os.path.abspath(__file__)], env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         atexit.register(_stop_worker, worker)
+        _workers[triton_path] = worker
     worker.stdin.write(json.dumps(request) + "\n")
     worker.stdin.flush()
     line = worker.stdout.readline()
@@ -203,13 +222,15 @@ def _interpreting() -> bool:
 
 
 def compile_for_target(kernel, signature: dict, constexprs: dict, arch: int, num_warps: int,
-                       num_stages: int, divisible_by_16=None, triton_path=None) -> dict:
+                       num_stages: int, divisible_by_16=None, analyze=False,
+                       triton_path=None) -> dict:
     """Compile ``kernel`` for ``sm_<arch>`` and return its resource usage (see the module doc).
 
     divisible_by_16: the arguments the launcher's specialization marks as multiples of 16
     (as Triton does at run time for 16-byte-aligned pointers and such integers); default: every
-    pointer argument. triton_path: compile with the Triton installed there (a child process);
-    skips when the folder is missing.
+    pointer argument. analyze: add ``analysis`` (ptxas advisories, SASS loop counts,
+    occupancy). triton_path: compile with the Triton installed in that directory. A missing
+    folder skips, or fails when it is the required ``TRITON_36``.
     """
     fn = kernel
     while hasattr(fn, "fn"):  # JITFunction, interpreter, autotune and heuristics wrappers
@@ -219,11 +240,15 @@ def compile_for_target(kernel, signature: dict, constexprs: dict, arch: int, num
     request = dict(module=fn.__module__, qualname=fn.__qualname__, signature=dict(signature),
                    constexprs=dict(constexprs), arch=int(arch), num_warps=int(num_warps),
                    num_stages=int(num_stages),
-                   divisible_by_16=None if divisible_by_16 is None else list(divisible_by_16))
+                   divisible_by_16=None if divisible_by_16 is None else list(divisible_by_16),
+                   analyze=bool(analyze))
     if "<locals>" in fn.__qualname__ or fn.__module__ == "__main__":
         raise ValueError(f"{fn.__qualname__} must be a module-level kernel of an importable module")
     if triton_path is not None and not os.path.isdir(os.path.join(triton_path, "triton")):
-        pytest.skip(f"no Triton at {triton_path} (scripts/env.sh installs triton 3.6.0 there)")
+        message = f"no Triton at {triton_path} (scripts/env.sh installs triton 3.6.0 there)"
+        if triton_path == TRITON_36 and TRITON_36_REQUIRED:
+            pytest.fail(f"{message}; FASTGPT_TRITON36 says it should be there")
+        pytest.skip(message)
     if not _interpreting() and triton_path is None:
         try:
             return _compile_here(**request)
@@ -238,12 +263,22 @@ def compile_for_target(kernel, signature: dict, constexprs: dict, arch: int, num
 
 
 def assert_fits(info: dict, name: str):
-    """Fail, with the numbers, when the kernel spills or needs more shared memory than allowed."""
+    """Fail, with the numbers, when the kernel spills or needs more shared memory than allowed;
+    with an analysis, also when ptxas serialises wgmma (C7515) or the SASS touches local memory."""
     where = f"{name} (sm_{info['arch']}, num_warps={info['num_warps']}, num_stages={info['num_stages']})"
     assert info["n_spills"] == 0, (
         f"{where} spills: {info['n_spills']} bytes of stack/local memory at {info['n_regs']} "
         f"registers/thread (cuobjdump: {info['cuobjdump']})"
     )
+    analysis = info.get("analysis")
+    if analysis is not None:
+        ptxas = analysis["ptxas"]
+        assert not ptxas["c7515"], (
+            f"{where}: ptxas serialises wgmma (C7515: non-wgmma instructions define accumulator "
+            f"registers between a wgmma and its wait); advisories {ptxas['advisories']}")
+        assert ptxas["spill_stores"] == ptxas["spill_loads"] == ptxas["stack"] == 0, (
+            f"{where}: ptxas -v reports spills: {ptxas}")
+        assert analysis["sass"]["total"]["LOCAL"] == 0, f"{where}: SASS uses local memory"
     assert info["shared"] <= info["shared_limit"], (
         f"{where} needs {info['shared']} bytes of shared memory, over the "
         f"{info['shared_limit']}-byte limit per block"

@@ -153,3 +153,55 @@ def error_of(argv):
     msg = str(e.value.code)
     assert msg.startswith("error: ") and "\n" not in msg, msg
     return msg
+
+
+# ---------------------------------------------------------------------------------------------
+# pretrained weights and GPT-2's tokenizer, made here (nothing is downloaded)
+
+TINY_MERGES = (b"th", b"he", b"the", b" t", b"in", b"ng", b"ing", b"ou", b" the", b"ll")
+
+
+def tiny_bpe_ranks():
+    """A byte-level BPE like GPT-2's, shrunk: the 256 bytes, a few merges (ranks in order), then
+    placeholder tokens ``<id>`` up to GPT-2's 50256, so every id a GPT-2-sized model samples decodes."""
+    ranks = {bytes([b]): b for b in range(256)}
+    for m in TINY_MERGES:
+        ranks[m] = len(ranks)
+    for i in range(len(ranks), 50256):
+        ranks[b"<%d>" % i] = i
+    return ranks
+
+
+def write_tiktoken_file(path):
+    """A tiktoken encoding file (base64 token, rank per line) for FASTGPT_GPT2_BPE."""
+    import base64
+
+    with open(path, "wb") as f:
+        for tok, rank in tiny_bpe_ranks().items():
+            f.write(base64.b64encode(tok) + b" %d\n" % rank)
+    return str(path)
+
+
+def write_vocab_json(directory):
+    """The same vocabulary as a Hugging Face GPT-2 directory's vocab.json (GPT-2's byte-to-unicode names)."""
+    import json
+
+    from fastgpt.data import _byte_decoder
+
+    name = {b: c for c, b in _byte_decoder().items()}
+    vocab = {"".join(name[b] for b in tok): rank for tok, rank in tiny_bpe_ranks().items()}
+    vocab["<|endoftext|>"] = 50256
+    with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f)
+
+
+def tiny_gpt2(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=50257):
+    """A GPT with GPT-2's vocabulary and biases, weights moved off the init (so a model started
+    from them is told apart from a fresh one)."""
+    from fastgpt import GPT, GPTConfig
+
+    model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, vocab_size=vocab_size, bias=True))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()

@@ -34,7 +34,8 @@ def ln_signature(kind, dt):
     return {"DY_ptr": _ptr(dt), "X_ptr": _ptr(dt), "W_ptr": _ptr(dt), "Mean_ptr": "*fp32",
             "Rstd_ptr": "*fp32", "DX_ptr": _ptr(dt), "DW_part_ptr": "*fp32",
             "DB_part_ptr": "*fp32", "stride_dy_row": "i32", "stride_x_row": "i32",
-            "stride_dx_row": "i32", "M": "i32", "N": "i32", "ROWS_PER_PROG": "i32"}
+            "stride_dx_row": "i32", "stride_part_row": "i32", "M": "i32", "N": "i32",
+            "ROWS_PER_PROG": "i32"}
 
 
 def ln_jobs():
@@ -48,9 +49,10 @@ def ln_jobs():
             jobs[("fwd", dt, tuple(fwd.items()), cfg["num_warps"])] = (
                 f"ln_fwd-{dt}-BN{cfg['BLOCK_N']}-BM{cfg['BLOCK_M']}-w{cfg['num_warps']}",
                 layer_norm._layer_norm_fwd_kernel, ln_signature("fwd", dt), fwd, cfg["num_warps"])
-            dx = {"BLOCK_N": cfg["BLOCK_N"], "HAS_W": True, "HAS_DW": True, "HAS_DB": True}
+            dx = {"BLOCK_M": cfg["BWD_BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "HAS_W": True, "HAS_DW": True,
+                  "HAS_DB": True}
             jobs[("dx", dt, tuple(dx.items()), cfg["num_warps"])] = (
-                f"ln_bwd_dx-{dt}-BN{cfg['BLOCK_N']}-w{cfg['num_warps']}",
+                f"ln_bwd_dx-{dt}-BN{cfg['BLOCK_N']}-BM{cfg['BWD_BLOCK_M']}-w{cfg['num_warps']}",
                 layer_norm._layer_norm_bwd_dx_kernel, ln_signature("dx", dt), dx, cfg["num_warps"])
     # The variants without weight/bias (nanoGPT's bias=False and the LN without affine) must
     # compile too: one width is enough, they only drop work.
@@ -61,11 +63,11 @@ def ln_jobs():
         cfg["num_warps"])
     jobs["dx-noaffine"] = (
         "ln_bwd_dx-bf16-noaffine", layer_norm._layer_norm_bwd_dx_kernel, ln_signature("dx", "bf16"),
-        {"BLOCK_N": cfg["BLOCK_N"], "HAS_W": False, "HAS_DW": False, "HAS_DB": False},
+        {"BLOCK_M": cfg["BWD_BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "HAS_W": False, "HAS_DW": False, "HAS_DB": False},
         cfg["num_warps"])
     jobs["dx-weight-only"] = (
         "ln_bwd_dx-bf16-weight-only", layer_norm._layer_norm_bwd_dx_kernel, ln_signature("dx", "bf16"),
-        {"BLOCK_N": cfg["BLOCK_N"], "HAS_W": True, "HAS_DW": True, "HAS_DB": False},
+        {"BLOCK_M": cfg["BWD_BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "HAS_W": True, "HAS_DW": True, "HAS_DB": False},
         cfg["num_warps"])
     return list(jobs.values())
 
@@ -107,9 +109,11 @@ def gelu_jobs():
 
 
 def reduce_jobs():
-    """The column sum that reduces both kernels' per-program partials."""
-    return [("column_sum", _reduce._column_sum_kernel, {"Part_ptr": "*fp32", "Out_ptr": "*bf16", "G": "i32", "N": "i32"},
-             {"BLOCK_G": _reduce.BLOCK_G, "BLOCK_N": _reduce.BLOCK_N}, _reduce.NUM_WARPS)]
+    """The column sum that reduces both kernels' per-program partials, at every block width."""
+    sig = {"Part_ptr": "*fp32", "Out_ptr": "*bf16", "Out2_ptr": "*bf16", "G": "i32", "N": "i32", "N1": "i32"}
+    return [(f"column_sum-BN{bn}", _reduce._column_sum_kernel, sig,
+             {"BLOCK_G": _reduce.TILE_ELEMENTS // bn, "BLOCK_N": bn, "HAS_OUT2": True}, _reduce.NUM_WARPS)
+            for bn in _reduce.BLOCK_NS]
 
 
 JOBS = ln_jobs() + gelu_jobs() + reduce_jobs()
@@ -131,8 +135,8 @@ def test_kernel_fits_target(name, kernel, signature, constexprs, num_warps, arch
 
 
 # One launch of each kernel (GPT-2 small's widths) under the GPU machine's Triton.
-TRITON_36_JOBS = [j for j in JOBS if j[0] in ("ln_fwd-bf16-BN1024-BM2-w4", "ln_bwd_dx-bf16-BN1024-w4",
-                                                "gelu_fwd-erf-BN1024-BM4", "gelu_bwd-erf-BN1024-BM2", "column_sum")]
+TRITON_36_JOBS = [j for j in JOBS if j[0] in ("ln_fwd-bf16-BN1024-BM2-w4", "ln_bwd_dx-bf16-BN1024-BM4-w4",
+                                                "gelu_fwd-erf-BN1024-BM4", "gelu_bwd-erf-BN1024-BM2", "column_sum-BN32")]
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=lambda a: f"sm{a}")
@@ -155,7 +159,7 @@ def tuned_jobs(family, kind, N, cfg):
             return (f"ln_fwd-BLOCK_N{block_n}-{tile}", layer_norm._layer_norm_fwd_kernel, ln_signature("fwd", "bf16"),
                     {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": block_n, "HAS_W": True, "HAS_B": True}, cfg["num_warps"])
         return (f"ln_bwd_dx-BLOCK_N{block_n}-{tile}", layer_norm._layer_norm_bwd_dx_kernel, ln_signature("dx", "bf16"),
-                {"BLOCK_N": block_n, "HAS_W": True, "HAS_DW": True, "HAS_DB": True}, cfg["num_warps"])
+                {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": block_n, "HAS_W": True, "HAS_DW": True, "HAS_DB": True}, cfg["num_warps"])
     kernel = bias_gelu._bias_gelu_fwd_kernel if kind == "fwd" else bias_gelu._bias_gelu_bwd_kernel
     return (f"gelu_{kind}-{tile}", kernel, gelu_signature(kind),
             {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "HAS_BIAS": True, "APPROX_TANH": False}, cfg["num_warps"])

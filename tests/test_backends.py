@@ -45,17 +45,36 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
             fastgpt.ops.attention(q, q, q)
 
 
-def test_report_for_a_forced_backend_names_the_problem():
+def test_a_wide_backend_applies_to_the_ops_that_have_it():
+    """use_backend("cuda") / GPTConfig(backend=...): the ops with that backend use it, the others stay on auto."""
     with use_backend("cuda"):
         rep = fastgpt.report("cpu", n_embd=64, n_head=4)
-    assert rep["qkv_projection"] == "cuda"
-    assert rep["layer_norm"].startswith("error:") and "has no 'cuda' backend" in rep["layer_norm"]
+        with use_backend("triton"):  # says nothing about qkv_projection, which has no triton backend
+            inner = fastgpt.report("cpu", n_embd=64, n_head=4)
+    assert rep == {"attention": "reference", "bias_gelu": "reference", "layer_norm": "reference", "qkv_projection": "cuda"}
+    assert inner == {"attention": "triton", "bias_gelu": "triton", "layer_norm": "triton", "qkv_projection": "cuda"}
 
 
-def test_model_config_backend_is_forced():
-    model = fastgpt.GPT(fastgpt.GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=16, backend="cuda"))
-    with pytest.raises(BackendError, match="layer_norm"):
-        model(torch.zeros(1, 4, dtype=torch.long))
+def test_a_wide_backend_that_cannot_run_here_still_raises(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with use_backend("triton"):
+        rep = fastgpt.report("cpu", n_embd=64, n_head=4)
+    assert rep["qkv_projection"] == "reference"
+    for op in ("attention", "bias_gelu", "layer_norm"):
+        assert rep[op].startswith("error:") and "TRITON_INTERPRET=1" in rep[op], rep[op]
+
+
+def test_model_config_backend_runs_the_ops_that_have_it():
+    config = dict(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=16)
+    ref = fastgpt.GPT(fastgpt.GPTConfig(**config, backend="reference"))
+    model = fastgpt.GPT(fastgpt.GPTConfig(**config, backend="cuda"))
+    model.load_state_dict(ref.state_dict())
+    assert model.backends("cpu") == {"attention": "reference", "bias_gelu": "reference", "layer_norm": "reference", "qkv_projection": "cuda"}
+    idx = torch.randint(0, 11, (2, 8))
+    torch.testing.assert_close(model(idx, idx)[1], ref(idx, idx)[1], rtol=1e-5, atol=1e-6)
+    with use_backend(layer_norm="cuda"):  # one named op without that backend: an error
+        with pytest.raises(BackendError, match="layer_norm: backend 'cuda' was forced"):
+            model(idx)
 
 
 @pytest.mark.parametrize("bad, match", [("tpu", "unknown backend 'tpu'"), ("softmax=triton", "unknown op 'softmax'")])
@@ -66,7 +85,7 @@ def test_unknown_names(bad, match):
 
 
 def _report_in_subprocess(env_value):
-    env = {**os.environ, "FASTGPT_BACKEND": env_value}
+    env = {**os.environ, "FASTGPT_BACKEND": env_value, "TRITON_INTERPRET": "1"}
     code = "import fastgpt; print(sorted(fastgpt.report('cpu', n_embd=64, n_head=4).items()))"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
 
@@ -75,6 +94,9 @@ def test_environment_variable():
     out = _report_in_subprocess("qkv_projection=cuda")
     assert out.returncode == 0, out.stderr
     assert "('qkv_projection', 'cuda')" in out.stdout and "('layer_norm', 'reference')" in out.stdout
+    wide = _report_in_subprocess("triton")
+    assert wide.returncode == 0, wide.stderr
+    assert "('layer_norm', 'triton')" in wide.stdout and "('qkv_projection', 'reference')" in wide.stdout
     bad = _report_in_subprocess("warp")
     assert bad.returncode != 0 and "FASTGPT_BACKEND: unknown backend 'warp'" in bad.stderr
 

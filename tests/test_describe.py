@@ -27,3 +27,10 @@ def test_cli_errors():
         main(["--preset", "shakespeare-char-small", "--context", "1000"])
     with pytest.raises(SystemExit, match="unknown preset"):
         main(["--preset", "gpt5"])
+
+
+@pytest.mark.parametrize("argv, match", [(["--context", "-5"], "--context must be a positive"), (["--context", "0"], "--context must be"),
+                                         (["--batch", "0"], "--batch must be a positive")])
+def test_non_positive_sizes_are_refused(argv, match):
+    with pytest.raises(SystemExit, match=match):
+        main(["--preset", "shakespeare-char-small", *argv])

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastgpt.kernels import attention as attention_kernels
 from fastgpt.kernels.attention import attention_bwd, attention_fwd, dropout_mask
 from helpers import assert_2x_rule
 
@@ -118,6 +119,9 @@ CASES = [
     (torch.float16, 1, 2, 17, 257, 32, True, "kv"),
     (torch.float16, 1, 2, 97, 128, 32, False, "kv"),
     (torch.float32, 1, 2, 33, 40, 32, True, "padded"),
+    # Tk - Tq = 31: the first key block of the diagonal stretch (run first) is fully masked
+    # for some rows, which a -inf initial running max would turn into NaN.
+    (torch.float32, 1, 2, 97, 128, 32, True, "kv"),
 ]
 
 
@@ -218,6 +222,148 @@ def test_backward_is_deterministic(dropout_p, device):
 
 
 # --------------------------------------------------------------------------------------------
+# The sm_90 path: tiles through TMA tensor descriptors. The interpreter emulates a descriptor
+# load as a masked load (out-of-range rows read as 0, as TMA's zero fill), so on the CPU these
+# tests run the descriptor path's indexing and its reliance on zero-filled rows; the copy engine,
+# its swizzled shared-memory layout and mbarriers are only exercised on an sm_90 GPU.
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tma_path(monkeypatch, device):
+    """Force the descriptor path; yields a list that records every descriptor built."""
+    if device == "cuda":
+        if torch.cuda.get_device_capability()[0] < 9:
+            pytest.skip("the TMA path needs sm_90 or newer")
+    else:
+        monkeypatch.setattr(attention_kernels, "_INTERPRETER_TMA", True)
+    built = []
+    real = attention_kernels._descriptor
+
+    def spy(t, rows):
+        built.append((tuple(t.shape), rows))
+        return real(t, rows)
+
+    monkeypatch.setattr(attention_kernels, "_descriptor", spy)
+    return built
+
+
+# fp16 only: the descriptor path serves 16-bit inputs (fp32 keeps the pointer path), and the
+# interpreter has no bf16 dot. T off the block grid, Tq < Tk, every head dim.
+TMA_CASES = [
+    (2, 2, 17, 257, 32, True, "kv"),
+    (1, 3, 97, 97, 64, True, "qkv"),
+    (1, 2, 97, 128, 16, True, "contiguous"),
+    (2, 2, 1, 97, 64, False, "contiguous"),
+    (1, 2, 128, 128, 128, True, "qkv"),
+    (1, 2, 97, 128, 128, False, "kv"),
+    (1, 2, 33, 40, 32, True, "padded"),
+]
+
+
+@pytest.mark.parametrize("case", TMA_CASES, ids=lambda c: _case_id((torch.float16,) + c))
+def test_tma_path_matches_oracle(case, tma_path, device):
+    B, H, Tq, Tk, D, causal, layout = case
+    torch.manual_seed(Tq * 1000 + Tk + D + 1)
+    q, k, v = _make_qkv(B, H, Tq, Tk, D, torch.float16, layout, device)
+    _check_against_oracle(q, k, v, causal, D ** -0.5)
+    # Forward: q, k, v, o; backward: q, k, v, do, dq, dk, dv.
+    assert len(tma_path) == 11, tma_path
+
+
+@pytest.mark.parametrize("Tq,Tk,causal,p", [(33, 65, True, 0.3), (97, 97, False, 0.1)],
+                         ids=["33x65-causal", "97-full"])
+def test_tma_path_dropout_matches_reference(Tq, Tk, causal, p, tma_path, device):
+    torch.manual_seed(9)
+    q, k, v = _make_qkv(1, 2, Tq, Tk, 32, torch.float16, "contiguous", device)
+    _check_against_oracle(q, k, v, causal, 32 ** -0.5, dropout_p=p, seed=2 ** 33 + 5)
+    assert tma_path
+
+
+def test_tma_path_backward_is_deterministic(tma_path, device):
+    torch.manual_seed(10)
+    q, k, v = _make_qkv(1, 2, 97, 97, 32, torch.float16, "qkv", device)
+    o, lse = attention_fwd(q, k, v, True, 32 ** -0.5, 0.2, 5)
+    do = torch.randn_like(o)
+    first = attention_bwd(do, q, k, v, o, lse, True, 32 ** -0.5, 0.2, 5)
+    second = attention_bwd(do, q, k, v, o, lse, True, 32 ** -0.5, 0.2, 5)
+    for name, a, b in zip(("dq", "dk", "dv"), first, second):
+        assert torch.equal(a, b), f"{name} differs between two identical backward calls"
+    assert tma_path
+
+
+def test_tma_and_pointer_paths_agree(monkeypatch, device):
+    """Same kernels, same loop order: the two load paths give identical results."""
+    if device == "cuda":
+        pytest.skip("on a GPU the arch picks the path")
+    torch.manual_seed(11)
+    q, k, v = _make_qkv(1, 2, 97, 128, 64, torch.float16, "kv", device)
+    runs = []
+    for tma in (False, True):
+        monkeypatch.setattr(attention_kernels, "_INTERPRETER_TMA", tma)
+        o, lse = attention_fwd(q, k, v, True, 0.125, 0.1, 3)
+        grads = attention_bwd(torch.ones_like(o), q, k, v, o, lse, True, 0.125, 0.1, 3)
+        runs.append((o, lse) + grads)
+    for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), *runs):
+        assert torch.equal(a, b), f"{name} differs between the pointer and the descriptor path"
+
+
+# --------------------------------------------------------------------------------------------
+# Left-padded batches (generation): keys j < key_padding_start[b] masked in the forward
+# --------------------------------------------------------------------------------------------
+
+def _padded_reference(q, k, v, causal, scale, pads):
+    """(o, lse) with keys j < pads[b] masked; rows left without keys give o = 0, lse = -inf."""
+    Tq, Tk = q.shape[2], k.shape[2]
+    allowed = torch.arange(Tk, device=q.device)[None, None, None, :] >= pads.long()[:, None, None, None]
+    if causal:
+        allowed = allowed & _causal_mask(Tq, Tk, q.device)
+    s = ((q @ k.transpose(-1, -2)) * scale).float().masked_fill(~allowed, float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0).to(q.dtype)
+    return p @ v, torch.logsumexp(s, dim=-1)
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero encountered in log2:RuntimeWarning")  # lse = -inf
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
+@pytest.mark.parametrize("Tq,Tk,causal", [(40, 40, True), (1, 97, True), (33, 70, False)],
+                         ids=["prefill", "decode", "full"])
+def test_key_padding_start(Tq, Tk, causal, tma, monkeypatch, device):
+    if device == "cpu":
+        monkeypatch.setattr(attention_kernels, "_INTERPRETER_TMA", tma)
+    elif tma != (torch.cuda.get_device_capability()[0] >= 9):
+        pytest.skip("on a GPU the arch picks the path")
+    torch.manual_seed(13)
+    q, k, v = _make_qkv(4, 2, Tq, Tk, 32, torch.float16, "contiguous", device)
+    # No padding, a few keys, more than a block, every key: whole rows and batches left empty.
+    pads = torch.tensor([0, 5, 37, Tk], dtype=torch.int32, device=device)
+    o, lse = attention_fwd(q, k, v, causal, 32 ** -0.5, key_padding_start=pads)
+    q32, k32, v32 = (t.float() for t in (q, k, v))
+    oracle, lse_ref = _padded_reference(q32, k32, v32, causal, 32 ** -0.5, pads)
+    plain, _ = _padded_reference(q, k, v, causal, 32 ** -0.5, pads)
+    assert_2x_rule("o", o, plain, oracle, torch.float16)
+    empty = torch.isinf(lse_ref)
+    assert empty.any() and not empty.all()
+    assert torch.equal(o[empty], torch.zeros_like(o[empty]))
+    assert torch.equal(lse[empty], lse_ref[empty])
+    torch.testing.assert_close(lse[~empty], lse_ref[~empty], rtol=1e-5, atol=1e-5)
+
+
+def test_key_padding_start_zero_is_no_padding(device):
+    torch.manual_seed(14)
+    q, k, v = _make_qkv(2, 2, 33, 33, 32, torch.float32, "contiguous", device)
+    o1, l1 = attention_fwd(q, k, v, True, 0.2)
+    o2, l2 = attention_fwd(q, k, v, True, 0.2, key_padding_start=torch.zeros(2, dtype=torch.int32, device=device))
+    assert torch.equal(o1, o2) and torch.equal(l1, l2)
+
+
+def test_key_padding_start_rejects_bad_tensors(device):
+    q, k, v = _ok(device)
+    with pytest.raises(ValueError, match=r"key_padding_start must be an int32 tensor of shape \(1,\)"):
+        attention_fwd(q, k, v, True, 0.1, key_padding_start=torch.zeros(1, dtype=torch.int64, device=device))
+    with pytest.raises(ValueError, match=r"key_padding_start must be an int32 tensor of shape \(1,\)"):
+        attention_fwd(q, k, v, True, 0.1, key_padding_start=torch.zeros(2, dtype=torch.int32, device=device))
+
+
+# --------------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------------
 
@@ -292,6 +438,12 @@ def test_rejects_bad_scale(scale, device):
         attention_fwd(q, k, v, True, scale)
 
 
+def test_rejects_grid_overflow(device):
+    q = torch.randn(65536, 1, 1, 16, device=device)
+    with pytest.raises(ValueError, match="B=65536, nh=1; each must be <= 65535"):
+        attention_fwd(q, q, q, True, 0.1)
+
+
 def test_backward_rejects_bad_saved_tensors(device):
     q, k, v = _ok(device)
     o, lse = attention_fwd(q, k, v, True, 0.1)
@@ -321,6 +473,14 @@ def test_attention_bf16(Tq, Tk, D, causal, layout, p, device):
     torch.manual_seed(7)
     q, k, v = _make_qkv(2, 3, Tq, Tk, D, torch.bfloat16, layout, device)
     _check_against_oracle(q, k, v, causal, D ** -0.5, dropout_p=p, seed=31)
+
+
+@pytest.mark.gpu
+def test_attention_more_than_65535_heads(device):
+    # B * nh = 65792: the grid carries heads and batch on separate axes.
+    torch.manual_seed(12)
+    q, k, v = _make_qkv(257, 256, 16, 16, 16, torch.float16, "contiguous", device)
+    _check_against_oracle(q, k, v, True, 0.25)
 
 
 @pytest.mark.gpu

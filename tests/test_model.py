@@ -175,3 +175,87 @@ def test_kv_cache_logits_match_full_forward():
         full = model(idx[:, : t + 1])[0]
         torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
     assert cache.length == 12
+
+
+# ---- generation users expect: left-padded batches, top_p, eos_token
+
+
+def _left_pad(prompts, pad=0):
+    T = max(len(p) for p in prompts)
+    idx = torch.tensor([[pad] * (T - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
+    return idx, mask
+
+
+def test_padded_forward_equals_each_row_alone():
+    _, model = _pair()
+    model = model.double().eval()
+    prompts = [torch.randint(0, SMALL["vocab_size"], (n,)).tolist() for n in (7, 3, 1)]
+    idx, mask = _left_pad(prompts)
+    logits = model(idx, idx, attention_mask=mask)[0]  # with targets: logits at every position
+    for b, p in enumerate(prompts):
+        alone = model(torch.tensor([p]), torch.tensor([p]))[0]
+        torch.testing.assert_close(logits[b, -len(p):], alone[0], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("new_tokens", [6, 40])  # 40 runs past block_size (32): the cropped context shifts the padding out
+def test_padded_batch_generates_what_each_prompt_does_alone(use_cache, new_tokens):
+    _, model = _pair()
+    model = model.double().eval()
+    prompts = [torch.randint(0, SMALL["vocab_size"], (n,)).tolist() for n in (9, 4, 1)]
+    idx, mask = _left_pad(prompts)
+    out = model.generate(idx, new_tokens, top_k=1, use_cache=use_cache, attention_mask=mask)
+    assert out.shape == (3, idx.size(1) + new_tokens)
+    for b, p in enumerate(prompts):
+        alone = model.generate(torch.tensor([p]), new_tokens, top_k=1, use_cache=use_cache)
+        assert out[b, -new_tokens:].tolist() == alone[0, len(p):].tolist(), b
+
+
+def test_attention_mask_must_be_left_padding():
+    _, model = _pair()
+    idx = torch.zeros(2, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="left padding"):
+        model(idx, attention_mask=torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]))
+    with pytest.raises(ValueError, match="attention_mask must have idx's shape"):
+        model.generate(idx, 1, attention_mask=torch.ones(2, 3))
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_top_p():
+    from fastgpt.model import _nucleus
+
+    logits = torch.tensor([[0.05, 0.5, 0.15, 0.3]]).log()
+    for top_p, kept in [(0.4, {1}), (0.75, {1, 3}), (0.8, {1, 3}), (0.81, {1, 3, 2}), (1.0, {0, 1, 2, 3})]:
+        out = _nucleus(logits.clone(), top_p)
+        assert set(torch.nonzero(torch.isfinite(out[0])).flatten().tolist()) == kept, top_p
+    _, model = _pair()
+    model.eval()
+    idx = torch.randint(0, SMALL["vocab_size"], (2, 5))
+    torch.manual_seed(3)
+    tiny_p = model.generate(idx, 8, top_p=1e-6)  # only the likeliest token survives: greedy
+    assert torch.equal(tiny_p, model.generate(idx, 8, top_k=1))
+    torch.manual_seed(3)
+    a = model.generate(idx, 8, temperature=1.0, top_p=1.0)
+    torch.manual_seed(3)
+    assert torch.equal(a, model.generate(idx, 8, temperature=1.0))
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate(idx, 1, top_p=0.0)
+
+
+def test_eos_token_ends_rows():
+    _, model = _pair()
+    model.eval()
+    idx = torch.randint(0, SMALL["vocab_size"], (3, 4))
+    greedy = model.generate(idx, 12, top_k=1)
+    eos = int(greedy[0, 4 + 2])  # row 0's third new token
+    out = model.generate(idx, 12, top_k=1, eos_token=eos)
+    for b in range(3):
+        new = greedy[b, 4:].tolist()
+        stop = new.index(eos) if eos in new else None
+        if stop is None:
+            assert out[b, 4:].tolist() == new[: out.size(1) - 4]
+        else:
+            got = out[b, 4:].tolist()
+            assert got[: stop + 1] == new[: stop + 1] and all(t == eos for t in got[stop:])
+    ends = [greedy[b, 4:].tolist().index(eos) if eos in greedy[b, 4:].tolist() else 11 for b in range(3)]
+    assert out.size(1) == 4 + max(ends) + 1  # stops once every row has finished

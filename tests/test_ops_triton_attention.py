@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fastgpt
-from fastgpt import ops, reference
+from fastgpt import BackendError, backend_for, ops, reference, use_backend
 from helpers import DEVICE, check_2x_rule, randn
 
 pytest.importorskip("triton")
@@ -84,3 +84,16 @@ def test_compile_fullgraph_with_the_kernel():
         loss = compiled(idx, idx)[1]
         loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_key_padding_is_refused_by_the_kernel_and_runs_on_reference():
+    """The Triton kernel has no key padding yet: forced, it refuses (never ignores the mask); auto
+    runs such calls on the reference path."""
+    q = torch.randn(2, 2, 8, 16, device=DEVICE)
+    start = torch.tensor([0, 3], device=DEVICE)
+    with use_backend(attention="triton"):
+        with pytest.raises(BackendError, match="no key padding mask"):
+            ops.attention(q, q, q, key_start=start)
+        assert backend_for("attention", q, q, q) == "triton"
+    assert backend_for("attention", q, q, q, True, 0.0, None, start) == "reference"
+    torch.testing.assert_close(ops.attention(q, q, q, key_start=start), reference.attention(q, q, q, True, 0.0, None, start))

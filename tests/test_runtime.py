@@ -92,3 +92,30 @@ def test_cpu_training_numbers_do_not_depend_on_the_thread_count(bias):
         torch.set_num_threads(threads)
     assert loss1 == loss3
     assert [k for k in g1 if not torch.equal(g1[k], g3[k])] == []
+
+
+def test_cpu_mfu_counts_all_the_cores_the_run_has():
+    """MFU's denominator is every core the process has, not the thread count the tuner runs at the
+    moment: the same throughput gives the same MFU, and no more than all of them is ever claimed."""
+    import torch
+
+    from fastgpt.hardware import CPU_CORE_FLOPS
+    from fastgpt.runtime import Distributed, Runtime
+
+    tuned = Runtime(torch.device("cpu"), torch.float32, Distributed(), threads=1, tuner=ThreadTuner(2))
+    assert tuned.cores == 2 and tuned.peak_flops == 2 * CPU_CORE_FLOPS
+    tuned.tuner.best = 2
+    assert tuned.peak_flops == 2 * CPU_CORE_FLOPS
+    assert Runtime(torch.device("cpu"), torch.float32, Distributed(), threads=3).peak_flops == 3 * CPU_CORE_FLOPS
+    rt = Runtime.start("cpu", "float32", Distributed(), threads=0)  # tuned among this machine's cores
+    assert rt.cores == max(rt.tuner.candidates) >= rt.threads
+
+
+def test_quiet_exits():
+    code = ("import sys, time\nfrom fastgpt.runtime import quiet_exits\n"
+            "with quiet_exits():\n    print('x' * 100000)\n    for i in range(1000):\n        print(i)\n"
+            "    raise KeyboardInterrupt\n")
+    piped = subprocess.run(f"{sys.executable} -c \"{code}\" | head -c 10", shell=True, capture_output=True, text=True, timeout=120)
+    assert piped.stderr == "", piped.stderr  # a closed pipe: no BrokenPipeError traceback
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 130 and "Traceback" not in out.stderr

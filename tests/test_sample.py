@@ -61,7 +61,7 @@ def test_cli_prompt_file_and_errors(ckpt, tmp_path, capsys):
     assert capsys.readouterr().out.startswith("ROMEO:\n")
     for argv, expected in [
         (["--ckpt", ckpt, "--prompt", "ROMEO: \u00e9"], "not in the vocabulary"),
-        (["--ckpt", str(tmp_path / "none")], "not found"),
+        (["--ckpt", str(tmp_path / "none")], "not a local path"),
         (["--ckpt", ckpt, "--prompt_file", str(tmp_path / "missing.txt")], "cannot be read"),
         (["--ckpt", ckpt, "--device", "cuda:9"], "does not exist"),
         (["--ckpt", ckpt, "--temperature", "0"], "must be > 0"),
@@ -72,3 +72,44 @@ def test_cli_prompt_file_and_errors(ckpt, tmp_path, capsys):
     (tmp_path / "bad.pt").write_bytes(b"\x00" * 100)
     with pytest.raises(SystemExit, match="corrupt or truncated"):
         main(["--ckpt", str(tmp_path / "bad.pt")])
+
+
+def test_threads(ckpt, monkeypatch):
+    import torch
+
+    seen = []
+    real = sample_mod._generate
+    monkeypatch.setattr(sample_mod, "_generate", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    before = torch.get_num_threads()
+    run(ckpt, max_new_tokens=2)
+    run(ckpt, max_new_tokens=2, threads=2)
+    assert seen == [1, 2]  # a small model decodes on one thread by default
+    assert torch.get_num_threads() == before
+    with pytest.raises(sample_mod.DataError, match="--threads must be >= 0"):
+        run(ckpt, threads=-1)
+
+
+def test_top_p(ckpt):
+    texts, _, _ = run(ckpt, prompt="ROMEO:", max_new_tokens=12, top_p=0.5, seed=2)
+    assert len(texts[0]) == 12
+    with pytest.raises(sample_mod.DataError, match="top_p"):
+        run(ckpt, top_p=1.5)
+
+
+def test_closed_pipe_and_ctrl_c_end_quietly(ckpt):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = f"{sys.executable} -m fastgpt.sample --ckpt {ckpt} --max_new_tokens 3000 --device cpu | head -c 20"
+    r = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=300)
+    assert len(r.stdout) == 20 and r.stderr == "", r.stderr
+    p = subprocess.Popen([sys.executable, "-m", "fastgpt.sample", "--ckpt", ckpt, "--max_new_tokens", "100000", "--device", "cpu"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.read(10)  # generating by now
+    time.sleep(0.5)
+    os.kill(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in err, err

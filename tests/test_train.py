@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from fastgpt import checkpoint, data
-from fastgpt.train import main, train
+from fastgpt.config import ConfigError, build
+from fastgpt.presets import PRESETS
+from fastgpt.train import check_world, global_batch, main, micro_batches, train
 from helpers import ROOT, error_of, losses, tiny
 
 
@@ -118,8 +120,27 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_gloo_processes_match_one(text_file, data_dir, tmp_path):
-    common = ("--gradient_accumulation_steps", "2", "--eval_interval", "100")
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_splits_its_global_batch_over_1_to_8_processes(name):
+    cfg = build(["--preset", name])[0]
+    total = global_batch(cfg)
+    for world in range(1, 9):
+        per_rank = [micro_batches(cfg, rank, world) for rank in range(world)]
+        slices = [s for rank in per_rank for s in rank]
+        assert [i for a, b in slices for i in range(a, b)] == list(range(total)), (name, world)  # each sequence once, in order
+        assert all(0 < b - a <= cfg.batch_size for a, b in slices)
+        sizes = [sum(b - a for a, b in rank) for rank in per_rank]
+        assert max(sizes) - min(sizes) <= 1
+        if cfg.gradient_accumulation_steps % world == 0:  # the single process's own micro-steps
+            assert slices == [(k * cfg.batch_size, (k + 1) * cfg.batch_size) for k in range(cfg.gradient_accumulation_steps)]
+    check_world(cfg, 8)
+    with pytest.raises(ConfigError, match="smaller than the number of processes"):
+        check_world(cfg, total + 1)
+
+
+@pytest.mark.parametrize("accum, batch", [("2", "4"), ("1", "5")])  # 1 x 5: shares of 3 and 2 sequences, weighted
+def test_two_gloo_processes_match_one(text_file, data_dir, tmp_path, accum, batch):
+    common = ("--gradient_accumulation_steps", accum, "--batch_size", batch, "--eval_interval", "100")
     train(tiny(text_file, data_dir, tmp_path / "single", *common, iters=8))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
@@ -243,3 +264,15 @@ def test_data_dir_that_is_a_file(text_file, tmp_path):
     msg = error_of(tiny(text_file, str(tmp_path / "cache"), tmp_path / "o"))
     assert f"data_dir {tmp_path / 'cache'} is a file" in msg and "--data_dir" in msg
     assert not (tmp_path / "o").exists()
+
+
+def test_backend_for_the_whole_run(text_file, data_dir, tmp_path, monkeypatch, capsys):
+    """--backend cuda runs the ops that have it there (qkv_projection: the extension's CPU twin),
+    the others on auto; a backend that cannot run here is one line, before any training."""
+    summary = train(tiny(text_file, data_dir, tmp_path / "cuda", "--backend", "cuda", iters=2))
+    assert summary["iters"] == 2
+    assert "backends: attention=reference, bias_gelu=reference, layer_norm=reference, qkv_projection=cuda" in capsys.readouterr().out
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    msg = error_of(tiny(text_file, data_dir, tmp_path / "triton", "--backend", "triton"))
+    assert "backend 'triton' was forced" in msg and "TRITON_INTERPRET=1" in msg
+    assert not (tmp_path / "triton" / "log.csv").exists()

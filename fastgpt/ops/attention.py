@@ -1,5 +1,6 @@
 """fastgpt.ops.attention: causal flash-attention, Triton-fused on the ``triton`` backend."""
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -9,7 +10,7 @@ from fastgpt.kernels import limits
 from fastgpt.ops import _checks
 
 
-def _check(q, k, v, causal=True, dropout_p=0.0, scale=None):
+def _check(q, k, v, causal=True, dropout_p=0.0, scale=None, key_start=None):
     for name, t in (("q", q), ("k", k), ("v", v)):
         _checks.tensor("attention", name, t, ndim=4)
     B, H, Tq, D = q.shape
@@ -29,9 +30,19 @@ def _check(q, k, v, causal=True, dropout_p=0.0, scale=None):
     _checks.number("attention", "dropout_p", dropout_p, lambda p: 0.0 <= p < 1.0, "a number in [0, 1)")
     if scale is not None:
         _checks.number("attention", "scale", scale, lambda s: s > 0, "a positive finite number or None")
+    if key_start is not None:
+        if not isinstance(key_start, torch.Tensor) or key_start.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"fastgpt.ops.attention: key_start must be an int32/int64 tensor of shape ({B},) or None, "
+                            f"got {key_start.dtype if isinstance(key_start, torch.Tensor) else type(key_start).__name__}")
+        if tuple(key_start.shape) != (B,):
+            raise ValueError(f"fastgpt.ops.attention: key_start must have shape ({B},) (one first valid key per row), got {tuple(key_start.shape)}")
+        if key_start.device != q.device:
+            raise ValueError(f"fastgpt.ops.attention: key_start is on {key_start.device} but q is on {q.device}")
 
 
-def _why_not(name, q, k, v, causal=True, dropout_p=0.0, scale=None):
+def _why_not(name, q, k, v, causal=True, dropout_p=0.0, scale=None, key_start=None):
+    if key_start is not None:
+        return "the Triton kernel has no key padding mask (key_start) yet"
     if q.shape[-1] not in limits.ATTENTION_HEAD_DIMS:
         return f"the Triton kernel supports head dims {limits.ATTENTION_HEAD_DIMS}, got {q.shape[-1]}"
     if q.shape[0] * q.shape[1] > limits.ATTENTION_MAX_BATCH_HEADS:
@@ -50,7 +61,8 @@ backends.register(backends.OpSpec(
 ))
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: float = 0.0, scale=None) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: float = 0.0, scale=None,
+              key_start: Optional[Tensor] = None) -> Tensor:
     """softmax(q k^T * scale + causal mask) v, like ``F.scaled_dot_product_attention``.
 
     q (B, H, Tq, D); k, v (B, H, Tk, D) with Tq <= Tk; strided views are fine. Returns
@@ -58,11 +70,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: f
     aligned bottom-right (query i sees keys j <= i + Tk - Tq), which is what a KV cache needs.
     Dropout on the attention weights; its seed comes from torch's default generator, so
     ``torch.manual_seed`` makes it reproducible.
+
+    key_start: None, or an int (B,) tensor for left-padded batches: row b's keys j < key_start[b]
+    are masked out. A query that is left with no key (a padding position, under the causal mask)
+    outputs 0, and its gradients are 0. The ``triton`` backend does not take it yet.
     """
-    name = backends.backend_for("attention", q, k, v, causal, dropout_p, scale)
+    name = backends.backend_for("attention", q, k, v, causal, dropout_p, scale, key_start)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if name == "reference":
-        return reference.attention(q, k, v, causal, dropout_p, scale)
+        return reference.attention(q, k, v, causal, dropout_p, scale, key_start)
     # Drawn even without dropout so the call has one shape under torch.compile; cheap on CPU.
     seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64) if dropout_p > 0 else torch.zeros(1, dtype=torch.int64)
     return _attention_triton(q, k, v, causal, float(dropout_p), scale, seed)[0]
