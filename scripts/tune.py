@@ -6,8 +6,9 @@
 
 Kernels and ladders (each kernel module's tuning interface: TUNABLE, config_candidates,
 tuning_key, launch_with_config):
-  attention fwd, dkdv, dq   causal; head dim 64 and 128 (12 and 6 heads); bf16 and fp16; with
-                            and without dropout; T = 1024, 2048, 512, 4096, 256, 8192 at 16K tokens
+  attention fwd, bwd        causal; head dim 64 and 128 (12 and 6 heads); bf16 and fp16; with
+                            and without dropout; T = 1024, 2048, 512, 4096, 256, 8192 at 16K tokens;
+                            the launchers' load path (TMA on sm_90); bwd includes its preprocess
   layer_norm fwd, bwd       N = 768, 1024, 1600, 3072, 4096; M = 16K, 32K, 64K, 8K rows; bf16
   bias_gelu fwd, bwd        the same N and M, exact-erf GELU; bf16
 GPT-2 small's shapes come first, so a sweep cut short by --budget still tunes what trains.
@@ -101,6 +102,10 @@ class AttentionTarget:
         self.dry = dry
         self.arch, self.limit = (90, SHARED_MEMORY_PER_BLOCK[90]) if dry else A.device_target(DEVICE)
 
+    def tma(self, pt):
+        # The launchers' load path; the dry run's interpreter takes the pointer path.
+        return not self.dry and A.use_tma(self.arch, pt["dtype"])
+
     def points(self):
         if self.dry:
             return [dict(dtype=torch.float16, D=64, dropout=False, T=64, tier=0), dict(dtype=torch.float16, D=64, dropout=True, T=32, tier=1)]
@@ -117,46 +122,49 @@ class AttentionTarget:
         return out
 
     def key(self, pt):
-        return A.tuning_key(pt["D"], pt["dtype"], pt["dropout"], True, pt["T"], pt["T"])
+        return A.tuning_key(pt["D"], pt["dtype"], pt["dropout"], True, self.tma(pt), pt["T"], pt["T"])
 
     def candidates(self, pt, kind):
-        found = A.config_candidates(kind, self.arch, self.limit, pt["D"], pt["dtype"], pt["dropout"], pt["T"], pt["T"])
+        found = A.config_candidates(kind, self.arch, pt["D"], pt["dtype"], pt["dropout"], pt["T"], pt["T"], self.limit)
         return found[:DRY_CANDIDATES] if self.dry else found
 
     def describe(self, pt):
         return f"D={pt['D']} T={pt['T']} {_dtype_name(pt['dtype'])}{' dropout' if pt['dropout'] else ''}"
 
     def compile_group(self, pt, kind, cfg):
-        return (kind, str(pt["dtype"]), pt["D"], pt["dropout"], json.dumps(A.config_fields(cfg), sort_keys=True))
+        return (kind, str(pt["dtype"]), pt["D"], pt["dropout"], self.tma(pt), json.dumps(A.config_fields(cfg), sort_keys=True))
 
     def setup(self, pt, n_sets, warm=False):
         T, D, dtype = pt["T"], pt["D"], pt["dtype"]
         B, H = (1, 2) if self.dry else (max(1, self.tokens // T), 768 // D)
         p = self.dropout_p if pt["dropout"] else 0.0
-        st = dict(B=B, H=H, T=T, D=D, dtype=dtype, p=p, scale=D ** -0.5, sets=[])
+        st = dict(B=B, H=H, T=T, D=D, dtype=dtype, p=p, scale=D ** -0.5, tma=self.tma(pt), sets=[])
         for _ in range(n_sets):
             q, k, v, do = (torch.randn(B, H, T, D, device=DEVICE, dtype=dtype) for _ in range(4))
             if warm:  # a warm-up launch only compiles: any o and lse of the right shapes will do
                 o, lse = torch.randn_like(q), torch.zeros(B, H, T, device=DEVICE)
             else:
                 o, lse = A.attention_fwd(q, k, v, True, st["scale"], p, self.seed)
-            delta = (o.float() * do.float()).sum(-1)
-            st["sets"].append(dict(q=q, k=k, v=v, do=do, lse=lse, delta=delta))
+            st["sets"].append(dict(q=q, k=k, v=v, do=do, o=o, lse=lse))
         shape = (B, H, T, D)
         st["out"] = dict(o=torch.empty(shape, device=DEVICE, dtype=dtype), lse=torch.empty((B, H, T), device=DEVICE),
+                         delta=torch.empty((B, H, T), device=DEVICE),
                          dq=torch.empty(shape, device=DEVICE, dtype=dtype), dk=torch.empty(shape, device=DEVICE, dtype=dtype),
                          dv=torch.empty(shape, device=DEVICE, dtype=dtype))
         return st
 
     def bytes_per_set(self, pt):
         B, H = (1, 2) if self.dry else (max(1, self.tokens // pt["T"]), 768 // pt["D"])
-        return 4 * B * H * pt["T"] * pt["D"] * torch.finfo(pt["dtype"]).bits // 8
+        return 5 * B * H * pt["T"] * pt["D"] * torch.finfo(pt["dtype"]).bits // 8
 
     def run(self, kind, cfg, st, i):
         s, out = st["sets"][i], st["out"]
-        return A.launch_with_config(kind, cfg, q=s["q"], k=s["k"], v=s["v"], causal=True, scale=st["scale"],
-                             dropout_p=st["p"], seed=self.seed, o=out["o"], lse=out["lse"], do=s["do"],
-                             delta=s["delta"], dq=out["dq"], dk=out["dk"], dv=out["dv"])
+        args = dict(q=s["q"], k=s["k"], v=s["v"], causal=True, scale=st["scale"], dropout_p=st["p"], seed=self.seed,
+                    tma=st["tma"])
+        if kind == "fwd":
+            return A.launch_with_config(kind, cfg, **args, o=out["o"], lse=out["lse"])
+        return A.launch_with_config(kind, cfg, **args, o=s["o"], lse=s["lse"], do=s["do"], delta=out["delta"],
+                                    dq=out["dq"], dk=out["dk"], dv=out["dv"])
 
     def _oracle(self, st):
         """fp32 oracle and low-precision plain results on batch 0, heads 0-1 (every (b, h) runs
@@ -178,7 +186,7 @@ class AttentionTarget:
 
     def check(self, kind, cfg, st):
         out = st["out"]
-        names = {"fwd": ("o", "lse"), "dkdv": ("dk", "dv"), "dq": ("dq",)}[kind]
+        names = {"fwd": ("o", "lse"), "bwd": ("dq", "dk", "dv")}[kind]
         for n in names:
             out[n].fill_(NAN)
         compiled = self.run(kind, cfg, st, 0)

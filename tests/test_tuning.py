@@ -179,14 +179,24 @@ def test_attention_launcher_reads_the_table(tables, monkeypatch, kind):
     monkeypatch.setattr(tuning, "device_identity", lambda index: H200)
     monkeypatch.setattr(attention, "device_target", lambda device: (90, SHARED_MEMORY_PER_BLOCK[90]))
     cuda = torch.device("cuda", 0)
-    candidates = attention.config_candidates(kind, 90, SHARED_MEMORY_PER_BLOCK[90], 64, torch.bfloat16, False, 1024, 1024)
+    candidates = attention.config_candidates(kind, 90, 64, torch.bfloat16, False, 1024, 1024, SHARED_MEMORY_PER_BLOCK[90])
     assert len(candidates) > 1
-    key = attention.tuning_key(64, torch.bfloat16, False, True, 1024, 1024)
+    tma = attention.use_tma(90, torch.bfloat16)
+    key = attention.tuning_key(64, torch.bfloat16, False, True, tma, 1024, 1024)
     tables(table_for(f"attention.{kind}", key, attention.config_fields(candidates[-1])))
     fields = attention.config_fields
-    assert fields(attention._pick_config(kind, cuda, 64, torch.bfloat16, False, 1000, 1000, True)) == fields(candidates[-1])
-    assert fields(attention._pick_config(kind, cuda, 64, torch.bfloat16, False, 1024, 1024, False)) == fields(candidates[0])  # not causal
-    assert fields(attention._pick_config(kind, cuda, 64, torch.bfloat16, False, 2048, 2048, True)) != fields(candidates[-1])
+
+    def plan(T, causal):
+        cfg, planned_tma = attention._plan(kind, cuda, 64, torch.bfloat16, False, causal, T, T)
+        assert planned_tma == tma
+        return fields(cfg)
+
+    assert plan(1000, True) == fields(candidates[-1])  # 1000 shares 1024's entry
+    assert plan(1024, False) == fields(candidates[0])  # not causal: another key
+    assert plan(2048, True) == fields(candidates[0])
+    # the key records the load path: a table measured without TMA does not steer a TMA launch
+    tables(table_for(f"attention.{kind}", {**key, "tma": not tma}, attention.config_fields(candidates[-1])))
+    assert plan(1024, True) == fields(candidates[0])
 
 
 def test_tables_ship_as_package_data():
@@ -197,3 +207,21 @@ def test_tables_ship_as_package_data():
     patterns = setuptools["package-data"]["fastgpt.kernels"]
     assert any(fnmatch.fnmatch("tuned/sm90-nvidia-h200.json", p) for p in patterns)
     assert tuning.PACKAGE_DIR == os.path.join(ROOT, "kernels", "tuned")
+
+
+def test_every_layer_norm_backward_candidate_is_exact_and_deterministic():
+    """A table may name any candidate: each must give the default's gradients (up to the
+    order of fp32 sums) and repeat them bit for bit."""
+    N = 96
+    x, dy = torch.randn(131, N), torch.randn(131, N)
+    w, b = 1 + 0.1 * torch.randn(N), 0.1 * torch.randn(N)
+    _, mean, rstd = layer_norm.layer_norm_fwd(x, w, b, 1e-5)
+    want = layer_norm.layer_norm_bwd(dy, x, w, b, mean, rstd)
+    candidates = layer_norm.config_candidates("bwd", N)
+    assert len({c["BLOCK_M"] for c in candidates}) > 1
+    for cfg in candidates:
+        got = layer_norm.layer_norm_bwd(dy, x, w, b, mean, rstd, config=cfg)
+        again = layer_norm.layer_norm_bwd(dy, x, w, b, mean, rstd, config=cfg)
+        for name, g, a, ref in zip(("dx", "dweight", "dbias"), got, again, want):
+            assert torch.equal(g, a), f"{name} differs between two runs of {cfg}"
+            assert (g - ref).abs().max() <= 1e-5 * (1 + ref.abs().max()), f"{name} with {cfg}"
