@@ -132,7 +132,7 @@ def check_model_args(ckpt, wanted, path, hint="drop those settings, or train a n
 def model_from_checkpoint(ckpt, path="checkpoint", **overrides):
     """A GPT built from ``model_args`` with the checkpoint's weights loaded.
 
-    overrides: GPTConfig fields that do not change the weights' shapes (dropout, backend).
+    overrides: GPTConfig fields that do not change the weights' shapes (dropout, backend, fused_loss).
     """
     args = {k: v for k, v in ckpt["model_args"].items() if k in GPTConfig.__dataclass_fields__}
     try:

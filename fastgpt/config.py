@@ -69,6 +69,7 @@ class TrainConfig:
     dropout: float = 0.0
     bias: bool = False
     backend: str = "auto"
+    fused_loss: bool = True  # the lm_head and loss in chunks, never holding the logits (GPTConfig.fused_loss)
     # AdamW
     learning_rate: float = 1e-3
     max_iters: int = 2000

@@ -317,12 +317,12 @@ def from_pretrained(path, override_args=None, **overrides):
     """GPT-2 weights from a local Hugging Face directory, or a nanoGPT/fastgpt checkpoint.
 
     override_args (nanoGPT's name) / overrides: GPTConfig fields that keep the weights' shapes
-    (dropout, backend).
+    (dropout, backend, fused_loss).
     """
     overrides = {**(override_args or {}), **overrides}
-    bad = [k for k in overrides if k not in ("dropout", "backend")]
+    bad = [k for k in overrides if k not in ("dropout", "backend", "fused_loss")]
     if bad:
-        raise ValueError(f"from_pretrained can only override dropout and backend, not {', '.join(bad)}")
+        raise ValueError(f"from_pretrained can only override dropout, backend and fused_loss, not {', '.join(bad)}")
     path = os.fspath(path)
     if not os.path.exists(path) and path in sources.GPT2_NAMES:  # nanoGPT's names, from local files
         found = sources.find_gpt2(path)

@@ -145,6 +145,9 @@ class GPTConfig:
     bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
     backend: str = "auto"  # fastgpt: 'auto', or 'reference', 'triton', 'cuda' for every op of this model that has it
     gelu_approximate: str = "none"  # fastgpt: nanoGPT's exact GELU, or 'tanh' (OpenAI GPT-2's gelu_new, for its weights)
+    # fastgpt: with targets, forward returns (None, loss) from ops.linear_cross_entropy, which never holds the
+    # (B*T, vocab_size) logits; an all-ignored batch then gives loss 0 (nanoGPT's F.cross_entropy: NaN)
+    fused_loss: bool = False
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -159,6 +162,8 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.gelu_approximate must be 'none' (exact erf) or 'tanh', got {self.gelu_approximate!r}")
         if self.backend not in BACKENDS + ("auto",):
             raise ValueError(f"GPTConfig.backend must be one of {BACKENDS + ('auto',)}, got {self.backend!r}")
+        if not isinstance(self.fused_loss, bool):
+            raise ValueError(f"GPTConfig.fused_loss must be True or False, got {self.fused_loss!r}")
 
 
     @classmethod
@@ -242,8 +247,12 @@ class GPT(nn.Module):
 
             if targets is not None:
                 # if we are given some desired targets also calculate the loss
-                logits = self.lm_head(x)
-                loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+                targets = targets.masked_fill(targets == -100, -1)  # fastgpt: PyTorch's ignore index too
+                if self.config.fused_loss:  # fastgpt: in chunks of rows, the logits never held
+                    logits, loss = None, ops.linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1)
+                else:
+                    logits = self.lm_head(x)
+                    loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
             else:
                 # inference-time mini-optimization: only forward the lm_head on the very last position
                 logits = self.lm_head(x[:, [-1], :])  # note: using list [-1] to preserve the time dim

@@ -104,3 +104,25 @@ def qkv_projection(x, weight, bias, n_head):
     B, T, C = x.shape
     q, k, v = F.linear(x, weight, bias).split(C, dim=2)
     return tuple(t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))
+
+
+def linear_cross_entropy(x, weight, targets, ignore_index=-1, reduction="mean"):
+    """Cross-entropy of the logits ``x @ weight^T`` against ``targets``: the definition that
+    ``fastgpt.ops.linear_cross_entropy`` computes in chunks (it materialises the (N, V) logits).
+
+    x (N, C) or (B, T, C); weight (V, C); targets (N,) or (B, T) int64. The logits are rounded
+    to x's dtype, as ``F.linear`` leaves them; the log-softmax and loss run in fp32 (fp64 for
+    fp64 inputs). Rows whose target is ignore_index contribute nothing; reduction 'mean'
+    divides by the number of the other rows and gives 0 when there are none (where
+    ``F.cross_entropy`` gives NaN), 'sum' adds, 'none' returns a loss per target (0 where
+    ignored) shaped like targets.
+    """
+    logits = F.linear(x, weight.to(x.dtype))
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=ignore_index,
+                             reduction="none")
+    if reduction == "none":
+        return losses.view(targets.shape)
+    if reduction == "sum":
+        return losses.sum()
+    return losses.sum() / (targets != ignore_index).sum().clamp(min=1)

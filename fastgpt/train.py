@@ -127,12 +127,14 @@ class TrainState:
             model = init
         elif ckpt is None:
             model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                                  bias=cfg.bias, vocab_size=vocab_size, dropout=cfg.dropout, backend=cfg.backend))
+                                  bias=cfg.bias, vocab_size=vocab_size, dropout=cfg.dropout, backend=cfg.backend,
+                                  fused_loss=cfg.fused_loss))
         else:
             if ckpt["model_args"].get("vocab_size") != vocab_size:
                 raise CheckpointError(f"checkpoint in {cfg.out_dir} has vocab_size {ckpt['model_args'].get('vocab_size')} but "
                                       f"the data has {vocab_size}; resume on the data it was trained on")
-            model = checkpoint.model_from_checkpoint(ckpt, os.path.join(cfg.out_dir, "ckpt.pt"), dropout=cfg.dropout, backend=cfg.backend)
+            model = checkpoint.model_from_checkpoint(ckpt, os.path.join(cfg.out_dir, "ckpt.pt"), dropout=cfg.dropout,
+                                                     backend=cfg.backend, fused_loss=cfg.fused_loss)
         model.to(rt.device)
         scaler = torch.amp.GradScaler(rt.device.type, enabled=(rt.dtype == torch.float16))
         optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), rt.device.type)
@@ -391,12 +393,12 @@ def pretrained(cfg, explicit):
     if os.path.isfile(source) or os.path.isfile(os.path.join(source, "ckpt.pt")):  # nanoGPT/fastgpt checkpoint
         path = checkpoint.resolve(source)
         ckpt = checkpoint.load(path)
-        model = checkpoint.model_from_checkpoint(ckpt, path, dropout=cfg.dropout, backend=cfg.backend)
+        model = checkpoint.model_from_checkpoint(ckpt, path, dropout=cfg.dropout, backend=cfg.backend, fused_loss=cfg.fused_loss)
         meta = ckpt.get("meta")
         bpe = (meta or {}).get("bpe")
         del ckpt
     else:  # a GPT-2 name or a Hugging Face directory
-        model = hf.from_pretrained(source, dropout=cfg.dropout, backend=cfg.backend)
+        model = hf.from_pretrained(source, dropout=cfg.dropout, backend=cfg.backend, fused_loss=cfg.fused_loss)
         bpe = sources.bpe_dir(source)
     mc = model.config
     fixed = {k: getattr(mc, k) for k in ("n_layer", "n_head", "n_embd", "bias")}
