@@ -244,7 +244,14 @@ TRITON_36_JOBS = sorted({j for j in picked_jobs([90], [64, 128], [torch.bfloat16
                                                  shapes=[(1024, 1024)])})
 
 
-@pytest.mark.parametrize("job", TRITON_36_JOBS, ids=[j.id for j in TRITON_36_JOBS])
+# Known: under triton 3.6 (not 3.8) sm_80's hs <= 64 backward at (64, 64, 8 warps, 2 stages)
+# spills 96 bytes at 255 registers. Strict: the day it compiles clean, this marker must go.
+SPILLS_UNDER_36 = {Job("bwd", 80, 64, "bf16", True, False, (64, 64, 8, 2), False)}
+
+
+@pytest.mark.parametrize("job", [pytest.param(j, marks=pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="spills under triton 3.6 (SPILLS_UNDER_36)"))
+    if j in SPILLS_UNDER_36 else j for j in TRITON_36_JOBS], ids=[j.id for j in TRITON_36_JOBS])
 def test_gpt2_picks_compile_with_triton36(job):
     info = compile_job(job, triton_path=TRITON_36)
     assert info["triton"].startswith("3.6"), info["triton"]
