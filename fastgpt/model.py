@@ -275,9 +275,13 @@ class GPT(nn.Module):
 
     def backends(self, device="cpu", dtype=torch.float32, batch=2):
         """fastgpt: {op: the backend it runs on} for this model on ``device`` in ``dtype`` (see
-        fastgpt.report), with its config.backend applied; 'error: ...' for one that cannot run."""
+        fastgpt.report), with its config.backend applied; 'error: ...' for one that cannot run.
+        linear_cross_entropy is listed only when config.fused_loss puts it in the model."""
         with self._backend():
-            return report(device, dtype, n_embd=self.config.n_embd, n_head=self.config.n_head, block_size=self.config.block_size, batch=batch)
+            ops_ = report(device, dtype, n_embd=self.config.n_embd, n_head=self.config.n_head, block_size=self.config.block_size, batch=batch)
+        if not self.config.fused_loss:
+            ops_.pop("linear_cross_entropy", None)
+        return ops_
 
     def crop_block_size(self, block_size):
         # model surgery to decrease the block size if necessary

@@ -1,40 +1,26 @@
 """Fused attention kernels (fastgpt.kernels.attention) against the fp32 oracle.
 
-Oracle: F.scaled_dot_product_attention on fp32-upcast inputs with an explicit bottom-right
-causal mask (SDPA's own is_causal is top-left aligned, which differs when Tq < Tk); with
-dropout, softmax(q k^T * scale + mask) * keep / (1 - p) @ v by hand, with the kernels' own
-keep-mask from ``dropout_mask``. Tolerance: flash-attention's 2x rule (tests/tolerances.py),
-where "plain" is the same reference computed in the inputs' low precision.
+Oracle: ``fastgpt.reference.attention`` on fp32-upcast inputs (bottom-right causal mask when
+Tq < Tk); with dropout, ``reference.attention_math`` with the kernels' own keep-mask from
+``dropout_mask``. Tolerance: flash-attention's 2x rule (``helpers.assert_2x_rule``), where
+"plain" is the same reference computed in the inputs' low precision.
 """
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from fastgpt import reference
 from fastgpt.kernels import attention as attention_kernels
 from fastgpt.kernels.attention import attention_bwd, attention_fwd, dropout_mask
 from helpers import assert_2x_rule
 
 
-def _causal_mask(Tq, Tk, device):
-    """Bottom-right aligned: query i sees key j iff j <= i + (Tk - Tq). True = attend."""
-    i = torch.arange(Tq, device=device)[:, None]
-    j = torch.arange(Tk, device=device)[None, :]
-    return j <= i + (Tk - Tq)
-
-
 def _reference(q, k, v, causal, scale, keep=None, dropout_p=0.0):
-    """Attention in q's dtype: SDPA without dropout, by hand with an explicit keep-mask."""
-    Tq, Tk = q.shape[2], k.shape[2]
-    mask = _causal_mask(Tq, Tk, q.device) if causal else None
+    """fastgpt.reference in q's dtype: its attention, or with an explicit keep-mask its spelled-out form."""
     if keep is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    s = (q @ k.transpose(-1, -2)) * scale
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
-    p = torch.softmax(s.float(), dim=-1).to(q.dtype)
-    return (p * keep / (1.0 - dropout_p)) @ v
+        return reference.attention(q, k, v, causal=causal, scale=scale)
+    return reference.attention_math(q, k, v, causal=causal, scale=scale, dropout_mask=keep, dropout_p=dropout_p)
 
 
 def _leaves(*ts, dtype=None):
@@ -91,7 +77,7 @@ def _check_against_oracle(q, k, v, causal, scale, dropout_p=0.0, seed=0):
     # the same inputs, so only the summation order differs.
     s = (q32.detach() @ k32.detach().transpose(-1, -2)) * scale
     if causal:
-        s = s.masked_fill(~_causal_mask(Tq, Tk, s.device), float("-inf"))
+        s = s.masked_fill(~reference.causal_mask(Tq, Tk, s.device), float("-inf"))
     torch.testing.assert_close(lse, torch.logsumexp(s, dim=-1), rtol=1e-5, atol=1e-5)
 
 
@@ -134,7 +120,6 @@ def _case_id(case):
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_attention_matches_oracle(case, device):
     dtype, B, H, Tq, Tk, D, causal, layout = case
-    torch.manual_seed(Tq * 1000 + Tk + D)
     q, k, v = _make_qkv(B, H, Tq, Tk, D, dtype, layout, device)
     _check_against_oracle(q, k, v, causal, D ** -0.5)
 
@@ -148,7 +133,6 @@ def test_empty_inputs(device):
 
 
 def test_attention_custom_scale(device):
-    torch.manual_seed(1)
     q, k, v = _make_qkv(1, 2, 33, 33, 32, torch.float32, "contiguous", device)
     _check_against_oracle(q, k, v, True, 0.37)
 
@@ -160,13 +144,11 @@ def test_attention_custom_scale(device):
     (torch.float16, 1, 97, False, 0.2),
 ], ids=["fp32-97-causal", "fp16-17x257-causal", "fp32-33x65-full", "fp16-1x97-full"])
 def test_dropout_matches_reference(dtype, Tq, Tk, causal, p, device):
-    torch.manual_seed(3)
     q, k, v = _make_qkv(1, 2, Tq, Tk, 32, dtype, "contiguous", device)
     _check_against_oracle(q, k, v, causal, 32 ** -0.5, dropout_p=p, seed=2 ** 40 + 17)
 
 
 def test_dropout_seed_determinism(device):
-    torch.manual_seed(4)
     q, k, v = _make_qkv(1, 2, 40, 40, 32, torch.float32, "contiguous", device)
     o1, _ = attention_fwd(q, k, v, True, 32 ** -0.5, 0.25, seed=123)
     o2, _ = attention_fwd(q, k, v, True, 32 ** -0.5, 0.25, seed=123)
@@ -202,7 +184,6 @@ def test_dropout_kept_fraction(p, device):
 
 
 def test_dropout_zero_is_no_dropout(device):
-    torch.manual_seed(5)
     q, k, v = _make_qkv(1, 2, 33, 33, 32, torch.float32, "contiguous", device)
     o1, l1 = attention_fwd(q, k, v, True, 32 ** -0.5)
     o2, l2 = attention_fwd(q, k, v, True, 32 ** -0.5, 0.0, seed=77)
@@ -211,7 +192,6 @@ def test_dropout_zero_is_no_dropout(device):
 
 @pytest.mark.parametrize("dropout_p", [0.0, 0.2])
 def test_backward_is_deterministic(dropout_p, device):
-    torch.manual_seed(6)
     q, k, v = _make_qkv(1, 2, 97, 97, 32, torch.float16, "qkv", device)
     o, lse = attention_fwd(q, k, v, True, 32 ** -0.5, dropout_p, 5)
     do = torch.randn_like(o)
@@ -263,7 +243,6 @@ TMA_CASES = [
 @pytest.mark.parametrize("case", TMA_CASES, ids=lambda c: _case_id((torch.float16,) + c))
 def test_tma_path_matches_oracle(case, tma_path, device):
     B, H, Tq, Tk, D, causal, layout = case
-    torch.manual_seed(Tq * 1000 + Tk + D + 1)
     q, k, v = _make_qkv(B, H, Tq, Tk, D, torch.float16, layout, device)
     _check_against_oracle(q, k, v, causal, D ** -0.5)
     # Forward: q, k, v, o; backward: q, k, v, do, dq, dk, dv.
@@ -273,14 +252,12 @@ def test_tma_path_matches_oracle(case, tma_path, device):
 @pytest.mark.parametrize("Tq,Tk,causal,p", [(33, 65, True, 0.3), (97, 97, False, 0.1)],
                          ids=["33x65-causal", "97-full"])
 def test_tma_path_dropout_matches_reference(Tq, Tk, causal, p, tma_path, device):
-    torch.manual_seed(9)
     q, k, v = _make_qkv(1, 2, Tq, Tk, 32, torch.float16, "contiguous", device)
     _check_against_oracle(q, k, v, causal, 32 ** -0.5, dropout_p=p, seed=2 ** 33 + 5)
     assert tma_path
 
 
 def test_tma_path_backward_is_deterministic(tma_path, device):
-    torch.manual_seed(10)
     q, k, v = _make_qkv(1, 2, 97, 97, 32, torch.float16, "qkv", device)
     o, lse = attention_fwd(q, k, v, True, 32 ** -0.5, 0.2, 5)
     do = torch.randn_like(o)
@@ -295,7 +272,6 @@ def test_tma_and_pointer_paths_agree(monkeypatch, device):
     """Same kernels, same loop order: the two load paths give identical results."""
     if device == "cuda":
         pytest.skip("on a GPU the arch picks the path")
-    torch.manual_seed(11)
     q, k, v = _make_qkv(1, 2, 97, 128, 64, torch.float16, "kv", device)
     runs = []
     for tma in (False, True):
@@ -316,7 +292,7 @@ def _padded_reference(q, k, v, causal, scale, pads):
     Tq, Tk = q.shape[2], k.shape[2]
     allowed = torch.arange(Tk, device=q.device)[None, None, None, :] >= pads.long()[:, None, None, None]
     if causal:
-        allowed = allowed & _causal_mask(Tq, Tk, q.device)
+        allowed = allowed & reference.causal_mask(Tq, Tk, q.device)
     s = ((q @ k.transpose(-1, -2)) * scale).float().masked_fill(~allowed, float("-inf"))
     p = torch.softmax(s, dim=-1).nan_to_num(0.0).to(q.dtype)
     return p @ v, torch.logsumexp(s, dim=-1)
@@ -331,7 +307,6 @@ def test_key_padding_start(Tq, Tk, causal, tma, monkeypatch, device):
         monkeypatch.setattr(attention_kernels, "_INTERPRETER_TMA", tma)
     elif tma != (torch.cuda.get_device_capability()[0] >= 9):
         pytest.skip("on a GPU the arch picks the path")
-    torch.manual_seed(13)
     q, k, v = _make_qkv(4, 2, Tq, Tk, 32, torch.float16, "contiguous", device)
     # No padding, a few keys, more than a block, every key: whole rows and batches left empty.
     pads = torch.tensor([0, 5, 37, Tk], dtype=torch.int32, device=device)
@@ -348,7 +323,6 @@ def test_key_padding_start(Tq, Tk, causal, tma, monkeypatch, device):
 
 
 def test_key_padding_start_zero_is_no_padding(device):
-    torch.manual_seed(14)
     q, k, v = _make_qkv(2, 2, 33, 33, 32, torch.float32, "contiguous", device)
     o1, l1 = attention_fwd(q, k, v, True, 0.2)
     o2, l2 = attention_fwd(q, k, v, True, 0.2, key_padding_start=torch.zeros(2, dtype=torch.int32, device=device))
@@ -470,7 +444,6 @@ def test_backward_rejects_bad_saved_tensors(device):
     (257, 257, 64, True, "qkv", 0.1),
 ])
 def test_attention_bf16(Tq, Tk, D, causal, layout, p, device):
-    torch.manual_seed(7)
     q, k, v = _make_qkv(2, 3, Tq, Tk, D, torch.bfloat16, layout, device)
     _check_against_oracle(q, k, v, causal, D ** -0.5, dropout_p=p, seed=31)
 
@@ -478,7 +451,6 @@ def test_attention_bf16(Tq, Tk, D, causal, layout, p, device):
 @pytest.mark.gpu
 def test_attention_more_than_65535_heads(device):
     # B * nh = 65792: the grid carries heads and batch on separate axes.
-    torch.manual_seed(12)
     q, k, v = _make_qkv(257, 256, 16, 16, 16, torch.float16, "contiguous", device)
     _check_against_oracle(q, k, v, True, 0.25)
 
@@ -487,6 +459,5 @@ def test_attention_more_than_65535_heads(device):
 @pytest.mark.parametrize("T", [4096, 8192])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_attention_long_sequences(T, dtype, device):
-    torch.manual_seed(8)
     q, k, v = _make_qkv(1, 2, T, T, 64, dtype, "qkv", device)
     _check_against_oracle(q, k, v, True, 64 ** -0.5)
