@@ -4,7 +4,14 @@
 case once. FASTGPT_BENCH_SHORT=1 (the GPU check script) trims the shape lists. Without a GPU
 the Triton providers run under the interpreter at tiny shapes: that keeps the code paths
 exercised, and the summary labels those rows as not being performance numbers.
+
+The GPU check sets two more: FASTGPT_CEILINGS, a JSON file of the copy bandwidth and matmul
+rate it measured on the card (benchmarks/ceilings.py), which then replace the datasheet peaks
+in every fraction of peak and MFU; and FASTGPT_BENCH_ROWS, a JSONL file each result is
+appended to as soon as it is measured, so a run stopped by its time limit keeps what it did.
+FASTGPT_BENCH_DRY=1 (its dry run) times one round.
 """
+import json
 import os
 
 import torch
@@ -17,6 +24,7 @@ from fastgpt.hardware import gpu_peaks  # noqa: E402  (after TRITON_INTERPRET, l
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 SHORT = os.environ.get("FASTGPT_BENCH_SHORT") == "1"
+DRY = os.environ.get("FASTGPT_BENCH_DRY") == "1"
 
 _ROWS = []
 _BASE = {}
@@ -26,9 +34,30 @@ def device_name():
     return torch.cuda.get_device_name() if HAS_CUDA else "cpu"
 
 
+def measured_ceilings():
+    """The ceilings benchmarks/ceilings.py measured on this device (FASTGPT_CEILINGS), or None."""
+    path = os.environ.get("FASTGPT_CEILINGS")
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        ceilings = json.load(f)
+    return ceilings if ceilings.get("device") == device_name() else None
+
+
 def peaks():
-    """(bytes/s, flop/s) of this GPU, or (None, None) when unknown or on the CPU."""
+    """(bytes/s, flop/s) this device is measured against: the measured ceilings when the GPU
+    check took them, else the datasheet's; (None, None) when unknown or on the CPU."""
+    measured = measured_ceilings()
+    if measured is not None and HAS_CUDA:
+        return measured["copy_bytes_per_s"], measured["matmul_flops"]
     return gpu_peaks(device_name()) if HAS_CUDA else (None, None)
+
+
+def _append_row(benchmark, t, info):
+    path = os.environ.get("FASTGPT_BENCH_ROWS")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"name": benchmark.name, "median_s": t, "extra_info": info}) + "\n")
 
 
 def sync():
@@ -36,11 +65,14 @@ def sync():
         torch.cuda.synchronize()
 
 
-def run(benchmark, fn, *, group, provider, baseline="torch", bytes_moved=None, flops=None, tokens=None, **extra):
+def run(benchmark, fn, *, group, provider, baseline="torch", bytes_moved=None, flops=None, tokens=None, derived=None,
+        **extra):
     """Time ``fn`` (synchronised on CUDA) and record throughput figures in extra_info.
 
     group: the case (op, pass, shape, dtype); provider: who ran it. The speedup is over the
-    ``baseline`` provider's time in the same group, when that ran first.
+    ``baseline`` provider's time (per token, when ``tokens`` is given) in the same group, when
+    that ran first. ``derived(t)``, given
+    the median seconds, returns more figures to record (e.g. MFU).
     """
     label = f"{group} [{provider}]"
 
@@ -49,10 +81,12 @@ def run(benchmark, fn, *, group, provider, baseline="torch", bytes_moved=None, f
         sync()
         return out
 
-    rounds = 5 if SHORT else 20
+    rounds = 1 if DRY else 5 if SHORT else 20
     benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=2 if HAS_CUDA else 0)
     bw, peak_flops = peaks()
     info = {"device": device_name(), "group": group, "provider": provider, **extra}
+    if HAS_CUDA:
+        info["peaks"] = "measured" if measured_ceilings() is not None else "datasheet"
     if benchmark.disabled:
         return info
     t = benchmark.stats.stats.median
@@ -66,14 +100,19 @@ def run(benchmark, fn, *, group, provider, baseline="torch", bytes_moved=None, f
             info["frac_peak_flops"] = round(flops / t / peak_flops, 3)
     if tokens is not None:
         info["tokens/s"] = round(tokens / t)
+    if derived is not None:
+        info.update(derived(t))
     if not HAS_CUDA and "triton" in provider:
         info["note"] = "Triton interpreter on CPU: not a performance number"
+    # Over throughput when tokens are counted: providers of one group may run different batches.
+    cost = t / tokens if tokens else t
     base = _BASE.get((group, baseline))
     if base is not None and provider != baseline:
-        info["speedup"] = round(base / t, 2)
-    _BASE[(group, provider)] = t
+        info["speedup"] = round(base / cost, 2)
+    _BASE[(group, provider)] = cost
     benchmark.extra_info.update(info)
     _ROWS.append((label, t, info))
+    _append_row(benchmark, t, info)
     return info
 
 

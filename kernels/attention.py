@@ -41,7 +41,8 @@ Determinism: the backward uses no atomics. One kernel launch computes, per progr
 for one block of keys (looping over query blocks) and dq for one block of queries (looping over
 key blocks). Each output element is summed by one program in a fixed order, so repeated calls
 give bit-identical gradients (for a fixed config, which the launchers choose deterministically
-from arch, head dim, dtype, dropout and the sequence lengths).
+from arch, head dim, dtype, dropout, causality, the sequence lengths and the device's tuning
+table).
 """
 import math
 
@@ -49,6 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastgpt.kernels import tuning
 from fastgpt.kernels._launch import on_device
 from fastgpt.kernels.limits import ATTENTION_HEAD_DIMS as SUPPORTED_HEAD_DIMS
 from fastgpt.kernels.limits import ATTENTION_MAX_BATCH, ATTENTION_MAX_HEADS, INTERPRETER_DOT_DTYPES, SHARED_MEMORY_PER_BLOCK
@@ -491,11 +493,13 @@ def _attention_dropout_mask_kernel(MASK_ptr, Tq, Tk, seed, dropout_p,
 # =============================================================================================
 # Configs. The candidates are data: per (kernel, arch, head-dim class, dropout) a list of
 # (BLOCK_M, BLOCK_N, num_warps, num_stages), best first, then small tiles for short sequences.
-# ``pick_config`` keeps those that fit the target's shared memory and whose tiles do not exceed
-# the sequence lengths rounded up to a power of two, and takes the first: the choice is a pure
-# function of (arch, hs, dtype, dropout, Tq, Tk), so gradients are bit-reproducible from run to
-# run (autotuning by timing would let block sizes, hence summation order, vary between
-# processes). Every candidate is compiled for sm_80 and sm_90 by tests/test_aot_attention.py,
+# ``config_candidates`` keeps those that fit the target's shared memory and whose tiles do not
+# exceed the sequence lengths rounded up to a power of two; the launchers take the one that this
+# device's tuning table names for the call (kernels/tuned/, measured by scripts/tune.py), else
+# the first (``pick_config``). The choice is a pure function of the table and (arch, hs, dtype,
+# dropout, causal, Tq, Tk), so gradients are bit-reproducible from run to run (autotuning by
+# timing at run time would let block sizes, hence summation order, vary between processes).
+# Every candidate is compiled for sm_80 and sm_90 by tests/test_aot_attention.py,
 # which fails on register spills, local memory, shared memory over the limit and, on sm_90,
 # on ptxas' serialized-wgmma advisory (C7515). On sm_90 the backward of hs <= 64 keeps 2 blocks
 # per SM (4 warps, <= 255 registers); hs = 128 needs 8 warps for its (64, 128) dk and dv
@@ -544,7 +548,7 @@ def _cfg(block_m, block_n, num_warps, num_stages):
 
 
 def candidates(kind, arch, head_dim, dropout):
-    """Every config ``pick_config`` may choose for ``kind`` ("fwd", "bwd") on sm_<arch> (80, 90)."""
+    """Every config ``config_candidates`` may offer for ``kind`` ("fwd", "bwd") on sm_<arch> (80, 90)."""
     key = (kind, 90 if arch >= 90 else 80, 64 if head_dim <= 64 else 128, bool(dropout))
     return [_cfg(*c) for c in _CANDIDATES[key] + _SMALL[kind]]
 
@@ -559,19 +563,27 @@ def _shared_bytes(kind, cfg, head_dim, elt):
     return elt * (s * 2 * (bm + bn) * head_dim + 3 * bm * bn)
 
 
-def pick_config(kind, arch, head_dim, dtype, dropout, Tq, Tk, shared_limit):
-    """The launch config of ``kind`` ("fwd", "bwd") on sm_<arch>: the first candidate that fits
-    ``shared_limit`` bytes and whose tiles do not exceed the padded sequence lengths (keeping at
-    least the smallest). fp32 always gets ``_FP32_CONFIGS[kind]``."""
+def config_candidates(kind, arch, head_dim, dtype, dropout, Tq, Tk, shared_limit):
+    """The configs ``kind`` ("fwd", "bwd") may launch with on sm_<arch>, best first: the
+    candidates that fit ``shared_limit`` bytes and whose tiles do not exceed the padded sequence
+    lengths (keeping at least the smallest). fp32 has only ``_FP32_CONFIGS[kind]``. The
+    launchers take the tuned one among them (``fastgpt.kernels.tuning``), else the first;
+    ``scripts/tune.py`` times them all."""
     if dtype == torch.float32:
-        return _cfg(*_FP32_CONFIGS[kind])
+        return [_cfg(*_FP32_CONFIGS[kind])]
     elt = torch.finfo(dtype).bits // 8
     fits = [c for c in candidates(kind, arch, head_dim, dropout)
             if _shared_bytes(kind, c, head_dim, elt) <= shared_limit]
     tq = max(16, triton.next_power_of_2(Tq))
     tk = max(16, triton.next_power_of_2(Tk))
     kept = [c for c in fits if c.kwargs["BLOCK_M"] <= tq and c.kwargs["BLOCK_N"] <= tk]
-    return (kept or fits[-1:])[0]
+    return kept or fits[-1:]
+
+
+def pick_config(kind, arch, head_dim, dtype, dropout, Tq, Tk, shared_limit):
+    """The launch config of ``kind`` on sm_<arch> without a tuning table: the first of
+    ``config_candidates``."""
+    return config_candidates(kind, arch, head_dim, dtype, dropout, Tq, Tk, shared_limit)[0]
 
 
 def use_tma(arch, dtype):
@@ -579,7 +591,11 @@ def use_tma(arch, dtype):
     return TensorDescriptor is not None and arch >= 90 and dtype != torch.float32
 
 
-def _arch_and_shared_limit(device):
+def device_target(device):
+    """(arch, shared-memory bytes per block) of a CUDA device: arch 90 for Hopper and later,
+    else 80; what the candidate lists, the prune filter and the load path are chosen by."""
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     major, minor = torch.cuda.get_device_capability(device)
     arch = 90 if major >= 9 else 80
     try:
@@ -590,15 +606,37 @@ def _arch_and_shared_limit(device):
     return arch, limit
 
 
-def _plan(kind, device, head_dim, dtype, dropout, Tq, Tk):
+def config_fields(cfg):
+    """A config as the tuning table records it."""
+    return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
+def tuning_key(head_dim, dtype, dropout, causal, tma, Tq, Tk):
+    """The tuning-table key of a call: what the choice depends on beyond the device. Sequence
+    lengths share an entry per power of two, as they share the pruned candidate list."""
+    return {"head_dim": head_dim, "dtype": dtype, "dropout": bool(dropout), "causal": bool(causal),
+            "tma": bool(tma), "Tq": tuning.bucket(Tq), "Tk": tuning.bucket(Tk)}
+
+
+def _plan(kind, device, head_dim, dtype, dropout, causal, Tq, Tk):
     """(config, tma) for a launch on ``device``."""
     if device.type != "cuda":
         return _cfg(*_INTERPRETER_CONFIGS[kind]), _INTERPRETER_TMA and use_tma(90, dtype)
-    if device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    arch, limit = _arch_and_shared_limit(device)
-    return (pick_config(kind, arch, head_dim, dtype, dropout, Tq, Tk, limit),
-            use_tma(arch, dtype))
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return _tuned_plan(kind, index, head_dim, dtype, bool(dropout), bool(causal),
+                       tuning.bucket(Tq), tuning.bucket(Tk))
+
+
+@tuning.cached
+def _tuned_plan(kind, index, head_dim, dtype, dropout, causal, Tq, Tk):
+    # Memoised: it runs on every launch. Tq, Tk come as powers of two: the prune filter and the
+    # table key see no more of them.
+    device = torch.device("cuda", index)
+    arch, limit = device_target(device)
+    tma = use_tma(arch, dtype)
+    cfg = tuning.pick(f"attention.{kind}", device, tuning_key(head_dim, dtype, dropout, causal, tma, Tq, Tk),
+                      config_candidates(kind, arch, head_dim, dtype, dropout, Tq, Tk, limit), config_fields)
+    return cfg, tma
 
 
 # =============================================================================================
@@ -760,19 +798,20 @@ def attention_fwd(q, k, v, causal: bool, scale: float, dropout_p: float = 0.0, s
     if o.numel() == 0:
         return o, lse
     q, k, v = _to_contract(q), _to_contract(k), _to_contract(v)
-    cfg, tma = _plan("fwd", q.device, D, q.dtype, dropout_p > 0, Tq, Tk)
+    cfg, tma = _plan("fwd", q.device, D, q.dtype, dropout_p > 0, causal, Tq, Tk)
     with on_device(q):
         _launch_fwd(q, k, v, o, lse, causal, scale, dropout_p, seed, cfg, tma, key_padding_start)
     return o, lse
 
 
 def _launch_fwd(q, k, v, o, lse, causal, scale, dropout_p, seed, cfg, tma, pad=None):
-    """Launch the forward with an explicit config and load path."""
+    """Launch the forward with an explicit config and load path; returns what Triton's launch
+    returns (the compiled kernel, whose n_spills the sweep reads)."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
     operands = _operands(tma, [(q, bm), (k, bn), (v, bn), (o, bm)])
-    _attention_fwd_kernel[(triton.cdiv(Tq, bm), H, B)](
+    return _attention_fwd_kernel[(triton.cdiv(Tq, bm), H, B)](
         *operands, lse, lse if pad is None else pad, *_strides(q), *_strides(k), *_strides(v),
         *_strides(o), H, Tq, Tk, scale * LOG2E, _seed64(seed), float(dropout_p),
         1.0 / (1.0 - dropout_p), BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=D, CAUSAL=bool(causal),
@@ -819,14 +858,15 @@ def attention_bwd(do, q, k, v, o, lse, causal: bool, scale: float, dropout_p: fl
     o = _to_contract(o)
     lse = lse.contiguous()
     delta = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
-    cfg, tma = _plan("bwd", q.device, D, q.dtype, dropout_p > 0, Tq, Tk)
+    cfg, tma = _plan("bwd", q.device, D, q.dtype, dropout_p > 0, causal, Tq, Tk)
     with on_device(q):
         _launch_bwd(do, q, k, v, o, lse, delta, dq, dk, dv, causal, scale, dropout_p, seed, cfg, tma)
     return dq, dk, dv
 
 
 def _launch_bwd(do, q, k, v, o, lse, delta, dq, dk, dv, causal, scale, dropout_p, seed, cfg, tma):
-    """Launch the preprocess and the backward kernel with an explicit config and load path."""
+    """Launch the preprocess and the backward kernel with an explicit config and load path;
+    returns what Triton's launch of the backward kernel returns."""
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     pre_bm = 64 if q.device.type == "cuda" else 32
@@ -835,12 +875,36 @@ def _launch_bwd(do, q, k, v, o, lse, delta, dq, dk, dv, causal, scale, dropout_p
     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
     operands = _operands(tma, [(q, bm), (k, bn), (v, bn), (do, bm), (dq, bm), (dk, bn), (dv, bn)])
     grid = (max(triton.cdiv(Tk, bn), triton.cdiv(Tq, bm)), H, B)
-    _attention_bwd_kernel[grid](
+    return _attention_bwd_kernel[grid](
         *operands, lse, delta, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
         *_strides(dq), *_strides(dk), *_strides(dv),
         H, Tq, Tk, scale * LOG2E, scale, _seed64(seed), float(dropout_p), 1.0 / (1.0 - dropout_p),
         BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=D, CAUSAL=bool(causal), DROPOUT=dropout_p > 0, TMA=tma,
         DOT_PRECISION=_dot_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+# Tuning interface (scripts/tune.py): TUNABLE names the kernels a sweep times;
+# device_target, config_candidates, config_fields and tuning_key (above) give their candidates
+# and table key; launch_with_config runs one of them with an explicit config on tensors that
+# follow the launchers' contract (q, k, v, do in the alignment contract; for "bwd", lse from
+# the forward; outputs and delta, (B, nh, Tq) fp32, allocated by the caller).
+TUNABLE = ("fwd", "bwd")
+
+
+def launch_with_config(kind, cfg, *, q, k, v, causal, scale, dropout_p=0.0, seed=0, tma=None,
+                       o=None, lse=None, do=None, delta=None, dq=None, dk=None, dv=None):
+    """Launch kernel ``kind`` of TUNABLE with ``cfg``: "fwd" writes (o, lse); "bwd" runs the
+    preprocess (writing delta from o and do) and the backward kernel (writing dq, dk, dv).
+    ``tma``: the load path, default the launchers' for q's device and dtype. Returns Triton's
+    compiled kernel (None under the interpreter)."""
+    if kind not in TUNABLE:
+        raise ValueError(f"kind must be one of {TUNABLE}, got {kind!r}")
+    if tma is None:
+        tma = use_tma(device_target(q.device)[0], q.dtype) if q.is_cuda else _INTERPRETER_TMA and use_tma(90, q.dtype)
+    with on_device(q):
+        if kind == "fwd":
+            return _launch_fwd(q, k, v, o, lse, causal, scale, dropout_p, seed, cfg, tma)
+        return _launch_bwd(do, q, k, v, o, lse, delta, dq, dk, dv, causal, scale, dropout_p, seed, cfg, tma)
 
 
 def dropout_mask(B, H, Tq, Tk, dropout_p, seed, device):

@@ -11,11 +11,13 @@ of columns) and writes one fp32 partial row into a (G, N) buffer, and
 ``fastgpt.kernels._reduce.column_sum`` sums its columns in a fixed order: bit-identical from run to
 run on a given device.
 """
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
+from fastgpt.kernels import tuning
 from fastgpt.kernels._launch import num_sms, on_device
 from fastgpt.kernels._reduce import column_sum
 from fastgpt.kernels.limits import DTYPES as _DTYPES
@@ -53,6 +55,69 @@ def launch_config(N: int) -> dict:
         "BLOCK_N": block_n,
         "num_warps": _NUM_WARPS,
     }
+
+
+# Tuning interface (scripts/tune.py, fastgpt.kernels.tuning): the kernels a sweep times, their
+# candidate configs (launch_config's first), the table key and a launch with a given config.
+TUNABLE = ("fwd", "bwd")
+
+
+@functools.lru_cache(maxsize=None)
+def config_candidates(kind: str, N: int) -> tuple:
+    """Candidate configs of the forward ("fwd": BLOCK_M, BLOCK_N, num_warps) or the backward
+    ("bwd": the same, BLOCK_M being rows per loop step, and programs_per_sm) for width ``N``,
+    ``launch_config``'s choice first.
+
+    BLOCK_N is launch_config's or half of it (>= 128); tiles keep 8 to 16 values per thread in
+    the forward (32 spill at 8 warps, tests/test_aot_norms.py) and 4 to 16 in the backward,
+    which also holds dy and an fp32 accumulator.
+    """
+    base = launch_config(N)
+    widths = [b for b in (base["BLOCK_N"], base["BLOCK_N"] // 2) if b >= 128]
+    if kind == "fwd":
+        first = {"BLOCK_M": base["BLOCK_M"], "BLOCK_N": base["BLOCK_N"], "num_warps": base["num_warps"]}
+        others = [{"BLOCK_M": tile // bn, "BLOCK_N": bn, "num_warps": w} for bn in widths
+                  for tile in (2048, 4096) for w in (4, 8) if 8 <= tile // (32 * w) <= 16]
+    elif kind == "bwd":
+        first = {"BLOCK_M": base["BWD_BLOCK_M"], "BLOCK_N": base["BLOCK_N"], "num_warps": base["num_warps"],
+                 "programs_per_sm": _PROGRAMS_PER_SM}
+        others = [{"BLOCK_M": tile // bn, "BLOCK_N": bn, "num_warps": w, "programs_per_sm": p} for bn in widths
+                  for tile in (1024, 2048, 4096) for w in (4, 8) for p in (2, 4, 8) if 4 <= tile // (32 * w) <= 16]
+    else:
+        raise ValueError(f"kind must be one of {TUNABLE}, got {kind!r}")
+    return (first, *[c for c in others if c != first])
+
+
+def config_fields(cfg: dict) -> dict:
+    return dict(cfg)
+
+
+def tuning_key(M: int, N: int, dtype, approximate: str) -> dict:
+    """The tuning-table key of a call: the exact width, rows per power of two, dtype, GELU form."""
+    return {"N": N, "M": tuning.bucket(M), "dtype": dtype, "approximate": approximate}
+
+
+def _pick(kind, x, approximate):
+    M, N = x.shape
+    if not x.is_cuda:
+        return config_candidates(kind, N)[0]
+    index = torch.cuda.current_device() if x.device.index is None else x.device.index
+    return _tuned(kind, tuning.bucket(M), N, x.dtype, approximate, index)
+
+
+@tuning.cached
+def _tuned(kind, M, N, dtype, approximate, index):
+    return tuning.pick(f"bias_gelu.{kind}", torch.device("cuda", index), tuning_key(M, N, dtype, approximate),
+                       config_candidates(kind, N))
+
+
+def launch_with_config(kind, cfg, **args):
+    """``bias_gelu_fwd(**args)`` or ``bias_gelu_bwd(**args)`` with config ``cfg``."""
+    if kind == "fwd":
+        return bias_gelu_fwd(**args, config=cfg)
+    if kind == "bwd":
+        return bias_gelu_bwd(**args, config=cfg)
+    raise ValueError(f"kind must be one of {TUNABLE}, got {kind!r}")
 
 
 # GELU, with z = x + bias:
@@ -241,13 +306,15 @@ def _unit_col_stride(t):
     return t if t.stride(1) == 1 or t.shape[1] == 1 else t.contiguous()
 
 
-def bias_gelu_fwd(x: torch.Tensor, bias, approximate: str = "none") -> torch.Tensor:
+def bias_gelu_fwd(x: torch.Tensor, bias, approximate: str = "none", config=None) -> torch.Tensor:
     """``gelu(x + bias)`` in one pass over ``x``.
 
     x:           (M, N), float32/float16/bfloat16, any row stride; copied first if its column
                  stride is not 1.
     bias:        (N,) in x's dtype, or None; copied if not contiguous.
     approximate: "none" (exact erf GELU, nanoGPT's nn.GELU()) or "tanh".
+    config:      a config from ``config_candidates("fwd", N)``; default: the tuned one for this
+                 call (``fastgpt.kernels.tuning``), else ``launch_config``'s.
     Returns y (M, N) contiguous in x's dtype. Raises ValueError on a non-2-D x, an
     unsupported dtype, a bias of the wrong shape/dtype/device, or an unknown approximate.
     """
@@ -258,7 +325,7 @@ def bias_gelu_fwd(x: torch.Tensor, bias, approximate: str = "none") -> torch.Ten
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return y
-    cfg = launch_config(N)
+    cfg = config or _pick("fwd", x, approximate)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]))
     with on_device(x):
         _bias_gelu_fwd_kernel[grid](
@@ -272,28 +339,31 @@ def bias_gelu_fwd(x: torch.Tensor, bias, approximate: str = "none") -> torch.Ten
     return y
 
 
-def backward_grid(M: int, N: int, device: torch.device):
-    """``(G, rows_per_program)`` of the backward's row split (a multiple of BWD_BLOCK_M).
+def backward_grid(M: int, N: int, device: torch.device, config: dict = None):
+    """``(G, rows_per_program)`` of the backward's row split (a multiple of the config's
+    BLOCK_M; default config: ``config_candidates("bwd", N)[0]``).
 
-    Depends only on M, N and the device's SM count, so the dbias summation order is
-    reproducible on a given device.
+    Depends only on M, N, the device's SM count and the config, so the dbias summation order
+    is reproducible on a given device with a given tuning table.
     """
-    cfg = launch_config(N)
+    cfg = config or config_candidates("bwd", N)[0]
     col_blocks = triton.cdiv(N, cfg["BLOCK_N"])
-    target = triton.cdiv(num_sms(device) * _PROGRAMS_PER_SM, col_blocks)
+    target = triton.cdiv(num_sms(device) * cfg["programs_per_sm"], col_blocks)
     target = max(1, min(target, triton.cdiv(M, _MIN_ROWS_PER_PROG)))
-    step = cfg["BWD_BLOCK_M"]
+    step = cfg["BLOCK_M"]
     rows_per_prog = triton.cdiv(triton.cdiv(M, target), step) * step
     return triton.cdiv(M, rows_per_prog), rows_per_prog
 
 
-def bias_gelu_bwd(dy: torch.Tensor, x: torch.Tensor, bias, approximate: str = "none"):
+def bias_gelu_bwd(dy: torch.Tensor, x: torch.Tensor, bias, approximate: str = "none", config=None):
     """Gradients of ``bias_gelu_fwd``: returns ``(dx, dbias)``.
 
     dy, x:       (M, N) in the same dtype and on the same device, any row strides (copied if a
                  column stride is not 1).
     bias:        (N,) in x's dtype, or None (then dbias is None).
     approximate: as in the forward.
+    config:      a config from ``config_candidates("bwd", N)``; default: the tuned one for this
+                 call, else ``launch_config``'s.
     Returns dx (M, N) contiguous in x's dtype and dbias (N,) in bias's dtype, the fp32 sum of
     dx over rows reduced without atomics in a fixed order (bit-identical from run to run on
     the same device). Raises ValueError on mismatched shapes, dtypes or devices.
@@ -310,8 +380,8 @@ def bias_gelu_bwd(dy: torch.Tensor, x: torch.Tensor, bias, approximate: str = "n
     if M == 0 or N == 0:
         return dx, torch.zeros_like(bias) if has_bias else None
 
-    cfg = launch_config(N)
-    G, rows_per_prog = backward_grid(M, N, x.device)
+    cfg = config or _pick("bwd", x, approximate)
+    G, rows_per_prog = backward_grid(M, N, x.device, cfg)
     db_part = torch.empty((G, N), dtype=torch.float32, device=x.device) if has_bias else dx
     dbias = torch.empty_like(bias) if has_bias else None
     with on_device(x):
@@ -319,7 +389,7 @@ def bias_gelu_bwd(dy: torch.Tensor, x: torch.Tensor, bias, approximate: str = "n
             dy, x, bias if has_bias else x, dx, db_part,
             dy.stride(0), x.stride(0), dx.stride(0),
             M, N, rows_per_prog,
-            BLOCK_M=cfg["BWD_BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
             HAS_BIAS=has_bias, APPROX_TANH=approximate == "tanh",
             num_warps=cfg["num_warps"], num_stages=1,
         )

@@ -11,11 +11,13 @@ buffer, then ``fastgpt.kernels._reduce.column_sum`` sums that buffer's columns i
 (one launch for both, at least one program per SM), so the result is bit-identical from run to
 run on a given device.
 """
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
+from fastgpt.kernels import tuning
 from fastgpt.kernels._launch import num_sms, on_device
 from fastgpt.kernels._reduce import column_sum
 from fastgpt.kernels.limits import DTYPES as _DTYPES
@@ -52,6 +54,71 @@ def launch_config(N: int) -> dict:
         "num_warps": num_warps,
         "programs_per_sm": {4: 4, 8: 2, 16: 1}[num_warps],
     }
+
+
+# Tuning interface (scripts/tune.py, fastgpt.kernels.tuning): the kernels a sweep times, their
+# candidate configs (launch_config's first), the table key and a launch with a given config.
+TUNABLE = ("fwd", "bwd")
+
+
+@functools.lru_cache(maxsize=None)
+def config_candidates(kind: str, N: int) -> tuple:
+    """Candidate configs of the forward ("fwd": BLOCK_M, num_warps) or the backward ("bwd":
+    BLOCK_M rows per step, num_warps, programs_per_sm) for rows of width ``N``,
+    ``launch_config``'s choice first.
+
+    The others keep 8 or 16 fp32 values of each tile per thread (launch_config's forward has
+    16, its backward up to 32): fewer leave the loads narrow, more would approach spilling; and
+    tiles of at most 4096 elements (or one row), as a 2 x 4096 tile spills on sm_80
+    (tests/test_aot_norms.py). The backward's programs per SM are launch_config's (already
+    what is co-resident) or half of it (fewer partial rows to sum).
+    """
+    base = launch_config(N)
+    block_n = base["BLOCK_N"]
+    tiles = [(bm, w) for bm in (1, 2, 4, 8) for w in (2, 4, 8, 16)
+             if bm * block_n <= max(4096, block_n) and bm * block_n // (32 * w) in (8, 16)]
+    if kind == "fwd":
+        first = {"BLOCK_M": base["BLOCK_M"], "num_warps": base["num_warps"]}
+        others = [{"BLOCK_M": bm, "num_warps": w} for bm, w in tiles]
+    elif kind == "bwd":
+        first = {"BLOCK_M": base["BWD_BLOCK_M"], "num_warps": base["num_warps"], "programs_per_sm": base["programs_per_sm"]}
+        per_sm = sorted({base["programs_per_sm"], max(1, base["programs_per_sm"] // 2)}, reverse=True)
+        others = [{"BLOCK_M": bm, "num_warps": w, "programs_per_sm": p} for bm, w in [(first["BLOCK_M"], first["num_warps"]), *tiles]
+                  for p in per_sm]
+    else:
+        raise ValueError(f"kind must be one of {TUNABLE}, got {kind!r}")
+    return tuple({tuple(c.items()): c for c in (first, *others)}.values())
+
+
+def config_fields(cfg: dict) -> dict:
+    return dict(cfg)
+
+
+def tuning_key(M: int, N: int, dtype) -> dict:
+    """The tuning-table key of a call: the exact width, rows per power of two, the dtype."""
+    return {"N": N, "M": tuning.bucket(M), "dtype": dtype}
+
+
+def _pick(kind, x):
+    M, N = x.shape
+    if not x.is_cuda:
+        return config_candidates(kind, N)[0]
+    index = torch.cuda.current_device() if x.device.index is None else x.device.index
+    return _tuned(kind, tuning.bucket(M), N, x.dtype, index)
+
+
+@tuning.cached
+def _tuned(kind, M, N, dtype, index):
+    return tuning.pick(f"layer_norm.{kind}", torch.device("cuda", index), tuning_key(M, N, dtype), config_candidates(kind, N))
+
+
+def launch_with_config(kind, cfg, **args):
+    """``layer_norm_fwd(**args)`` or ``layer_norm_bwd(**args)`` with config ``cfg``."""
+    if kind == "fwd":
+        return layer_norm_fwd(**args, config=cfg)
+    if kind == "bwd":
+        return layer_norm_bwd(**args, config=cfg)
+    raise ValueError(f"kind must be one of {TUNABLE}, got {kind!r}")
 
 
 @triton.jit
@@ -219,7 +286,7 @@ def _contiguous(t):
     return None if t is None else t.contiguous()
 
 
-def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float):
+def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float, config=None):
     """LayerNorm over the last dimension of a 2-D ``x`` (M, N).
 
     x:      (M, N), float32/float16/bfloat16, any row stride; if the column stride is not 1
@@ -227,6 +294,8 @@ def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float):
     weight: (N,) in x's dtype, or None (no scale); copied if not contiguous.
     bias:   (N,) in x's dtype, or None (no shift); copied if not contiguous.
     eps:    added to the variance.
+    config: a forward config from ``config_candidates("fwd", N)``; default: the tuned one
+            for this call (``fastgpt.kernels.tuning``), else ``launch_config``'s.
     Returns ``(y, mean, rstd)``: y (M, N) contiguous in x's dtype; mean and rstd (M,) fp32,
     rstd = 1 / sqrt(var + eps) with the biased variance, as the backward expects.
     Raises ValueError on a non-2-D x, an unsupported dtype, N outside [1, MAX_N], or a
@@ -243,7 +312,8 @@ def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float):
     rstd = torch.empty((M,), dtype=torch.float32, device=x.device)
     if M == 0:
         return y, mean, rstd
-    cfg = launch_config(N)
+    cfg = config or _pick("fwd", x)
+    block_n = triton.next_power_of_2(N)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]),)
     with on_device(x):
         _layer_norm_fwd_kernel[grid](
@@ -252,29 +322,29 @@ def layer_norm_fwd(x: torch.Tensor, weight, bias, eps: float):
             mean, rstd,
             x.stride(0), y.stride(0),
             M, N, float(eps),
-            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=block_n,
             HAS_W=weight is not None, HAS_B=bias is not None,
             num_warps=cfg["num_warps"], num_stages=1,
         )
     return y, mean, rstd
 
 
-def backward_grid(M: int, N: int, device: torch.device):
+def backward_grid(M: int, N: int, device: torch.device, config: dict = None):
     """``(G, rows_per_program)`` for the backward: G programs, each owning a row block (a
-    multiple of BWD_BLOCK_M rows).
+    multiple of the config's BLOCK_M rows; default config: ``config_candidates("bwd", N)[0]``).
 
-    G depends only on M, N and the device's SM count, so the partial-sum order (and thus
-    dweight/dbias) is reproducible on a given device.
+    G depends only on M, N, the device's SM count and the config, so the partial-sum order
+    (and thus dweight/dbias) is reproducible on a given device with a given tuning table.
     """
-    cfg = launch_config(N)
+    cfg = config or config_candidates("bwd", N)[0]
     target = min(num_sms(device) * cfg["programs_per_sm"], triton.cdiv(M, _MIN_ROWS_PER_PROG))
-    step = cfg["BWD_BLOCK_M"]
+    step = cfg["BLOCK_M"]
     rows_per_prog = triton.cdiv(triton.cdiv(M, max(1, target)), step) * step
     return triton.cdiv(M, rows_per_prog), rows_per_prog
 
 
 def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.Tensor,
-                   rstd: torch.Tensor):
+                   rstd: torch.Tensor, config=None):
     """Gradients of ``layer_norm_fwd``: returns ``(dx, dweight, dbias)``.
 
     dy, x:      (M, N) in the same dtype and on the same device, any row strides (copied if
@@ -282,6 +352,8 @@ def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.
     weight:     (N,) in x's dtype, or None; bias: (N,) in x's dtype, or None (only its
                 presence matters: dbias is computed iff bias is not None).
     mean, rstd: (M,) fp32, as returned by ``layer_norm_fwd``.
+    config:     a backward config from ``config_candidates("bwd", N)``; default: the tuned
+                one for this call, else ``launch_config``'s.
     Returns dx (M, N) contiguous in x's dtype, dweight in weight's dtype (None if weight is
     None) and dbias in bias's dtype (None if bias is None). dweight/dbias are reduced without
     atomics in a fixed order: bit-identical from run to run on the same device.
@@ -307,8 +379,8 @@ def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.
     dweight = torch.empty_like(weight) if has_dw else None
     dbias = torch.empty_like(bias) if has_db else None
 
-    cfg = launch_config(N)
-    G, rows_per_prog = backward_grid(M, N, x.device)
+    cfg = config or _pick("bwd", x)
+    G, rows_per_prog = backward_grid(M, N, x.device, cfg)
     # dweight's partials in columns [0, N), dbias's after them: one column-sum launch for both.
     n_parts = int(has_dw) + int(has_db)
     part = torch.empty((G, n_parts * N), dtype=torch.float32, device=x.device) if n_parts else dx
@@ -319,7 +391,7 @@ def layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.
             dy, x, weight if has_dw else x, mean, rstd, dx, dw_part, db_part,
             dy.stride(0), x.stride(0), dx.stride(0), n_parts * N,
             M, N, rows_per_prog,
-            BLOCK_M=cfg["BWD_BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=triton.next_power_of_2(N),
             HAS_W=has_dw, HAS_DW=has_dw, HAS_DB=has_db,
             num_warps=cfg["num_warps"], num_stages=1,
         )

@@ -20,6 +20,19 @@ if [ ! -f "$req_stamp" ]; then
   touch "$req_stamp"
 fi
 
+# The GPU machine's triton (3.6.0) beside this environment, never imported by it: the
+# ahead-of-time compile tests also compile the kernels with it (tests/aot.py, TRITON_36), so
+# an API or codegen difference shows up here rather than in a lent GPU's minutes.
+TRITON_GPU="triton==3.6.0"
+triton_path="$VENV/triton-3.6.0"
+if [ ! -f "$triton_path/.installed-${TRITON_GPU}" ]; then
+  echo "== installing $TRITON_GPU into $triton_path (the GPU machine's, for the AOT compile tests)"
+  rm -rf "$triton_path"
+  "$PY" -m pip install -q --no-deps --no-compile --target "$triton_path" "$TRITON_GPU"
+  touch "$triton_path/.installed-${TRITON_GPU}"
+fi
+export FASTGPT_TRITON36="$triton_path"
+
 # Rebuild fastgpt._C only when its sources, the build files or torch changed.
 # (torch's version from its metadata and the .so by name: importing either costs seconds)
 torch_version=$("$PY" -c "import importlib.metadata as m; print(m.version('torch'))")

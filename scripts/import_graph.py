@@ -12,7 +12,7 @@ the module loads, *deferred* when it sits inside a function. The layers, top to 
     model         model
     ops           ops, ops.*
     kernels       backends, reference, kernels.*
-    leaves        _io, presets, hardware, sources, kernels.limits, _C
+    leaves        _io, presets, hardware, sources, kernels.limits, kernels.tuning, _C
 
 Rules: eager edges go to the same or a lower layer and form no cycle; deferred edges go down
 too, except the ones listed in ALLOWED_DEFERRED_UP (nanoGPT's ``GPT.from_pretrained`` and
@@ -31,7 +31,8 @@ LAYERS = [
     ("model", ["fastgpt.model"]),
     ("ops", ["fastgpt.ops"]),
     ("kernels", ["fastgpt.backends", "fastgpt.reference", "fastgpt.kernels"]),
-    ("leaves", ["fastgpt._io", "fastgpt.presets", "fastgpt.hardware", "fastgpt.sources", "fastgpt.kernels.limits", "fastgpt._C"]),
+    ("leaves", ["fastgpt._io", "fastgpt.presets", "fastgpt.hardware", "fastgpt.sources", "fastgpt.kernels.limits",
+                "fastgpt.kernels.tuning", "fastgpt._C"]),
 ]
 ALLOWED_DEFERRED_UP = {("fastgpt.model", "fastgpt.hf"), ("fastgpt.model", "fastgpt.checkpoint")}
 

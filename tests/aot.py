@@ -34,6 +34,13 @@ then compiles in one child process, started with the interpreter off, that impor
 kernel's module by name (so kernels must live at module level in an importable module).
 It calls ``pytest.skip`` when the installed Triton lacks the API it relies on or ``cuobjdump``
 is missing; a kernel that fails to compile fails the test.
+
+``TRITON_36`` is the GPU machine's Triton, which ``scripts/env.sh`` installs into
+``.venv/triton-3.6.0`` and names in ``FASTGPT_TRITON36``, so that an API or codegen difference
+shows up here, not in the lent minutes: the default suite compiles the launchers' GPT-2 picks
+with it, skipping when it is absent from the default folder and failing when FASTGPT_TRITON36
+names a folder without it. ``TRITONS`` is what the full ladders compile with: the installed
+Triton, and 3.6 too with ``FASTGPT_AOT_FULL=1``.
 """
 import atexit
 import json
@@ -52,6 +59,19 @@ from fastgpt.kernels.limits import SHARED_MEMORY_PER_BLOCK as SHARED_LIMIT
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import sass_report  # noqa: E402, I001  (the report script's analysis: the tests read SASS its way)
+
+# The GPU machine's Triton (3.6.0), installed beside the environment by scripts/env.sh, which
+# exports FASTGPT_TRITON36: set, it must be there (a missing one fails the tests that use it, so
+# CI cannot lose the rehearsal silently); unset, the venv's default folder is used if present.
+TRITON_36 = os.environ.get("FASTGPT_TRITON36") or os.path.join(sys.prefix, "triton-3.6.0")
+TRITON_36_REQUIRED = bool(os.environ.get("FASTGPT_TRITON36"))
+# What the full ladders compile with: the installed Triton, and 3.6 too with FASTGPT_AOT_FULL=1.
+TRITONS = [None] + ([TRITON_36] if os.environ.get("FASTGPT_AOT_FULL") == "1" else [])
+
+
+def triton_id(triton_path):
+    """A test id for a Triton choice: "installed" or the folder's name."""
+    return "installed" if triton_path is None else os.path.basename(triton_path.rstrip(os.sep))
 
 
 class _Skip(Exception):
@@ -209,7 +229,8 @@ def compile_for_target(kernel, signature: dict, constexprs: dict, arch: int, num
     divisible_by_16: the arguments the launcher's specialization marks as multiples of 16
     (as Triton does at run time for 16-byte-aligned pointers and such integers); default: every
     pointer argument. analyze: add ``analysis`` (ptxas advisories, SASS loop counts,
-    occupancy). triton_path: compile with the Triton installed in that directory.
+    occupancy). triton_path: compile with the Triton installed in that directory. A missing
+    folder skips, or fails when it is the required ``TRITON_36``.
     """
     fn = kernel
     while hasattr(fn, "fn"):  # JITFunction, interpreter, autotune and heuristics wrappers
@@ -223,6 +244,11 @@ def compile_for_target(kernel, signature: dict, constexprs: dict, arch: int, num
                    analyze=bool(analyze))
     if "<locals>" in fn.__qualname__ or fn.__module__ == "__main__":
         raise ValueError(f"{fn.__qualname__} must be a module-level kernel of an importable module")
+    if triton_path is not None and not os.path.isdir(os.path.join(triton_path, "triton")):
+        message = f"no Triton at {triton_path} (scripts/env.sh installs triton 3.6.0 there)"
+        if triton_path == TRITON_36 and TRITON_36_REQUIRED:
+            pytest.fail(f"{message}; FASTGPT_TRITON36 says it should be there")
+        pytest.skip(message)
     if not _interpreting() and triton_path is None:
         try:
             return _compile_here(**request)

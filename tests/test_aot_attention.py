@@ -12,18 +12,25 @@ The default run (about 30 compiles) covers what GPT-2 training and generation la
 and 128, bf16, causal with dropout on and off on both archs, sm_90's non-causal and decode
 variants, fp32's; ``FASTGPT_AOT_SWEEP=1`` compiles every candidate of every list for hs in
 {16, 32, 64, 128}, fp16 and bf16, causal and not, dropout on and off, on both archs (an hour
-or so on 2 cores). ``FASTGPT_TRITON36=<dir with triton 3.6>`` also compiles the sm_90 picks with that
-Triton (``pip install --target <dir> --no-deps triton==3.6.0``), the GPU machine's version.
+or so on 2 cores). Every config a committed tuning table (kernels/tuned/) names runs too.
+
+The GPU machine's Triton (3.6, ``aot.TRITON_36``: scripts/env.sh installs it and sets
+FASTGPT_TRITON36) compiles the GPT-2 picks on both archs, the preprocess and the dropout-mask
+kernel in the default run, failing when FASTGPT_TRITON36 names a folder without it;
+``FASTGPT_AOT_FULL=1`` compiles the whole default set under it as well.
 """
 import dataclasses
+import glob
+import json
 import os
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from aot import SHARED_LIMIT, assert_fits, compile_for_target, sass_report
+from aot import SHARED_LIMIT, TRITON_36, TRITONS, assert_fits, compile_for_target, sass_report, triton_id
 from fastgpt.kernels import attention as A
+from fastgpt.kernels import tuning
 
 KERNELS = {
     "fwd": A._attention_fwd_kernel,
@@ -43,7 +50,6 @@ ELT_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 LADDER = [(t, t) for t in (128, 256, 512, 1024, 2048, 4096, 8192, 16384)]
 SHAPES = LADDER + [(1, 1024), (1, 16384), (256, 1024), (1024, 4096), (97, 1000)]
 SWEEP = os.environ.get("FASTGPT_AOT_SWEEP", "0") not in ("", "0")
-TRITON36 = os.environ.get("FASTGPT_TRITON36")
 
 
 @dataclass(frozen=True, order=True)
@@ -165,7 +171,28 @@ def _default_jobs():
     jobs += [dataclasses.replace(j, key_pad=True) for j in
              picked_jobs([90], [64], [torch.bfloat16], causals=(True,), dropouts=(False,),
                          shapes=[(1024, 1024), (1, 1024)]) if j.kind == "fwd"]
-    return sorted(set(jobs))
+    return sorted(set(jobs + tabled_jobs()))
+
+
+def tabled_jobs():
+    """The attention configs the committed tuning tables name, on their tables' archs: the
+    launchers run them instead of ``pick_config``'s."""
+    jobs = []
+    for path in sorted(glob.glob(os.path.join(tuning.PACKAGE_DIR, "*.json"))):
+        with open(path) as f:
+            table = json.load(f)
+        major, minor = table["device"]["capability"]
+        arch = 90 if major >= 9 else 80
+        for name, family in table["kernels"].items():
+            if not name.startswith("attention."):
+                continue
+            for key, entry in family["entries"].items():
+                k = dict(kv.split("=") for kv in key.split(","))
+                c = entry["config"]
+                jobs.append(Job(name.split(".")[1], arch, int(k["head_dim"]), DTYPES[getattr(torch, k["dtype"])],
+                                k["causal"] == "1", k["dropout"] == "1",
+                                (c["BLOCK_M"], c["BLOCK_N"], c["num_warps"], c["num_stages"]), k["tma"] == "1"))
+    return jobs
 
 
 JOBS = _default_jobs()
@@ -174,9 +201,10 @@ SWEEP_JOBS = sorted(set(picked_jobs([80, 90], [16, 32, 64, 128], [torch.float16,
 
 
 @pytest.mark.slow  # ~30 compiles: 2-4 minutes on 2 cores with a cold Triton cache
+@pytest.mark.parametrize("triton_path", TRITONS, ids=triton_id)
 @pytest.mark.parametrize("job", JOBS, ids=[j.id for j in JOBS])
-def test_picked_config_compiles_clean(job):
-    check(job, compile_job(job))
+def test_picked_config_compiles_clean(job, triton_path):
+    check(job, compile_job(job, triton_path))
 
 
 @pytest.mark.skipif(not SWEEP, reason="set FASTGPT_AOT_SWEEP=1 for every candidate config")
@@ -198,19 +226,33 @@ def test_forward_meets_the_register_target():
     assert loop["ARRIVE"] <= 2 and loop["DEPBAR"] <= 2, loop
 
 
+@pytest.mark.parametrize("triton_path", [None, TRITON_36], ids=triton_id)
 @pytest.mark.parametrize("arch", [80, 90])
-def test_preprocess_fits(arch):
+def test_preprocess_and_mask_fit(arch, triton_path):
     job = Job("pre", arch, 128, "bf16", False, False, (64, 64, 4, 1), False)
-    check(job, compile_job(job))
+    check(job, compile_job(job, triton_path))
+    info = compile_for_target(A._attention_dropout_mask_kernel,
+                              {"MASK_ptr": "*i1", "Tq": "i32", "Tk": "i32", "seed": "i64", "dropout_p": "fp32"},
+                              {"BLOCK_M": 32, "BLOCK_N": 32}, arch, 4, 1, triton_path=triton_path)
+    assert_fits(info, f"attention dropout mask sm_{arch}")
 
 
-@pytest.mark.skipif(not TRITON36, reason="set FASTGPT_TRITON36 to a directory holding triton 3.6")
-@pytest.mark.parametrize("kind", ["fwd", "bwd"])
-@pytest.mark.parametrize("dropout", [False, True], ids=["nodrop", "drop"])
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_sm90_picks_compile_with_triton36(kind, head_dim, dropout):
-    cfg = A.pick_config(kind, 90, head_dim, torch.bfloat16, dropout, 1024, 1024, SHARED_LIMIT[90])
-    job = Job(kind, 90, head_dim, "bf16", True, dropout, _cfg_tuple(cfg), True)
-    info = compile_job(job, triton_path=TRITON36)
+# GPT-2 training's picks (T = 1024, causal, bf16) under the GPU machine's Triton: sm_90 at both
+# head dims with and without dropout (TMA, the newest code paths), sm_80 at hs = 64 without.
+TRITON_36_JOBS = sorted({j for j in picked_jobs([90], [64, 128], [torch.bfloat16], causals=(True,), shapes=[(1024, 1024)])}
+                        | {j for j in picked_jobs([80], [64], [torch.bfloat16], causals=(True,), dropouts=(False,),
+                                                 shapes=[(1024, 1024)])})
+
+
+# Known: under triton 3.6 (not 3.8) sm_80's hs <= 64 backward at (64, 64, 8 warps, 2 stages)
+# spills 96 bytes at 255 registers. Strict: the day it compiles clean, this marker must go.
+SPILLS_UNDER_36 = {Job("bwd", 80, 64, "bf16", True, False, (64, 64, 8, 2), False)}
+
+
+@pytest.mark.parametrize("job", [pytest.param(j, marks=pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="spills under triton 3.6 (SPILLS_UNDER_36)"))
+    if j in SPILLS_UNDER_36 else j for j in TRITON_36_JOBS], ids=[j.id for j in TRITON_36_JOBS])
+def test_gpt2_picks_compile_with_triton36(job):
+    info = compile_job(job, triton_path=TRITON_36)
     assert info["triton"].startswith("3.6"), info["triton"]
     check(job, info)

@@ -1,9 +1,10 @@
 """The cross-entropy kernel of fastgpt.ops.linear_cross_entropy, compiled ahead of time for sm_80
 and sm_90 with the launch configs the launcher picks: no register spills, shared memory within
-the per-block limit. Runs on the CPU machine (see tests/aot.py)."""
+the per-block limit. Runs on the CPU machine (see tests/aot.py). GPT-2's launch also compiles under
+the GPU machine's Triton (3.6) every time, and every job does with FASTGPT_AOT_FULL=1."""
 import pytest
 
-from aot import assert_fits, compile_for_target
+from aot import TRITON_36, TRITONS, assert_fits, compile_for_target, triton_id
 from fastgpt.kernels import cross_entropy
 
 ARCHS = (80, 90)
@@ -31,10 +32,21 @@ def _jobs():
 JOBS = _jobs()
 
 
-@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: f"sm{a}")
-@pytest.mark.parametrize("name,signature,constexprs,num_warps", JOBS, ids=[j[0] for j in JOBS])
-def test_kernel_fits_target(name, signature, constexprs, num_warps, arch):
+def _check(name, signature, constexprs, num_warps, arch, triton_path=None):
     info = compile_for_target(cross_entropy._cross_entropy_fwd_bwd_kernel, signature, constexprs, arch=arch,
-                              num_warps=num_warps, num_stages=1)
+                              num_warps=num_warps, num_stages=1, triton_path=triton_path)
     assert info["n_regs"] > 0, f"{name}: cuobjdump reported no registers: {info}"
     assert_fits(info, name)
+    return info
+
+
+@pytest.mark.parametrize("triton_path", TRITONS, ids=triton_id)
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: f"sm{a}")
+@pytest.mark.parametrize("name,signature,constexprs,num_warps", JOBS, ids=[j[0] for j in JOBS])
+def test_kernel_fits_target(name, signature, constexprs, num_warps, arch, triton_path):
+    _check(name, signature, constexprs, num_warps, arch, triton_path)
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: f"sm{a}")
+def test_gpt2_launch_compiles_under_triton_36(arch):
+    assert _check(*JOBS[0], arch, TRITON_36)["triton"].startswith("3.6")

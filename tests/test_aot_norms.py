@@ -1,10 +1,19 @@
 """Every LayerNorm and bias+GELU kernel, compiled ahead of time for sm_80 and sm_90 with the
 launch configs the launchers pick at GPT-2 shapes: no register spills, shared memory within
-the per-block limit. Runs on the CPU machine (see tests/aot.py)."""
+the per-block limit. Runs on the CPU machine (see tests/aot.py).
+
+Also: one launch of each kernel under the GPU machine's Triton (3.6); every config a committed
+tuning table (kernels/tuned/) names, for its arch; and with FASTGPT_AOT_FULL=1 every tuning
+candidate at the widths scripts/tune.py sweeps, under both Tritons.
+"""
+import glob
+import json
+import os
+
 import pytest
 
-from aot import assert_fits, compile_for_target
-from fastgpt.kernels import _reduce, bias_gelu, layer_norm
+from aot import TRITON_36, TRITONS, assert_fits, compile_for_target, triton_id
+from fastgpt.kernels import _reduce, bias_gelu, layer_norm, tuning
 
 ARCHS = (80, 90)
 # n_embd of GPT-2 small/medium/large/xl, the 4x MLP width of small, and the widest supported.
@@ -110,9 +119,97 @@ def reduce_jobs():
 JOBS = ln_jobs() + gelu_jobs() + reduce_jobs()
 
 
-@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: f"sm{a}")
-@pytest.mark.parametrize("name,kernel,signature,constexprs,num_warps", JOBS, ids=[j[0] for j in JOBS])
-def test_kernel_fits_target(name, kernel, signature, constexprs, num_warps, arch):
-    info = compile_for_target(kernel, signature, constexprs, arch=arch, num_warps=num_warps, num_stages=1)
+def _check(name, kernel, signature, constexprs, num_warps, arch, triton_path=None):
+    info = compile_for_target(kernel, signature, constexprs, arch=arch, num_warps=num_warps, num_stages=1,
+                              triton_path=triton_path)
     assert info["n_regs"] > 0, f"{name}: cuobjdump reported no registers: {info}"
     assert_fits(info, name)
+    return info
+
+
+@pytest.mark.parametrize("triton_path", TRITONS, ids=triton_id)
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: f"sm{a}")
+@pytest.mark.parametrize("name,kernel,signature,constexprs,num_warps", JOBS, ids=[j[0] for j in JOBS])
+def test_kernel_fits_target(name, kernel, signature, constexprs, num_warps, arch, triton_path):
+    _check(name, kernel, signature, constexprs, num_warps, arch, triton_path)
+
+
+# One launch of each kernel (GPT-2 small's widths) under the GPU machine's Triton.
+TRITON_36_JOBS = [j for j in JOBS if j[0] in ("ln_fwd-bf16-BN1024-BM2-w4", "ln_bwd_dx-bf16-BN1024-BM4-w4",
+                                                "gelu_fwd-erf-BN1024-BM4", "gelu_bwd-erf-BN1024-BM2", "column_sum-BN32")]
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: f"sm{a}")
+@pytest.mark.parametrize("name,kernel,signature,constexprs,num_warps", TRITON_36_JOBS, ids=[j[0] for j in TRITON_36_JOBS])
+def test_kernel_compiles_under_triton_36(name, kernel, signature, constexprs, num_warps, arch):
+    assert _check(name, kernel, signature, constexprs, num_warps, arch, TRITON_36)["triton"] == "3.6.0"
+
+
+def test_triton_36_jobs_cover_every_kernel():
+    assert len(TRITON_36_JOBS) == 5 and {j[1] for j in TRITON_36_JOBS} == {j[1] for j in JOBS}
+
+
+def tuned_jobs(family, kind, N, cfg):
+    """(name, kernel, signature, constexprs, num_warps) of the launch a tuning config makes
+    (programs_per_sm only sizes the grid)."""
+    tile = "-".join(f"{k}{v}" for k, v in cfg.items() if k != "programs_per_sm")
+    if family == "layer_norm":
+        block_n = 1 << (N - 1).bit_length()
+        if kind == "fwd":
+            return (f"ln_fwd-BLOCK_N{block_n}-{tile}", layer_norm._layer_norm_fwd_kernel, ln_signature("fwd", "bf16"),
+                    {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": block_n, "HAS_W": True, "HAS_B": True}, cfg["num_warps"])
+        return (f"ln_bwd_dx-BLOCK_N{block_n}-{tile}", layer_norm._layer_norm_bwd_dx_kernel, ln_signature("dx", "bf16"),
+                {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": block_n, "HAS_W": True, "HAS_DW": True, "HAS_DB": True}, cfg["num_warps"])
+    kernel = bias_gelu._bias_gelu_fwd_kernel if kind == "fwd" else bias_gelu._bias_gelu_bwd_kernel
+    return (f"gelu_{kind}-{tile}", kernel, gelu_signature(kind),
+            {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "HAS_BIAS": True, "APPROX_TANH": False}, cfg["num_warps"])
+
+
+def _dedup(jobs):
+    """One of each (arch, launch): the names spell out the tile, warps and flags."""
+    return list({(arch, job[0]): (arch, job) for arch, job in jobs}.values())
+
+
+def table_jobs():
+    """(arch, job) for every norm config a committed tuning table names, on the table's arch."""
+    jobs = []
+    for path in sorted(glob.glob(os.path.join(tuning.PACKAGE_DIR, "*.json"))):
+        with open(path) as f:
+            table = json.load(f)
+        arch = table["device"]["capability"][0] * 10 + table["device"]["capability"][1]
+        for name, fam in table["kernels"].items():
+            family, kind = name.split(".")
+            if family not in ("layer_norm", "bias_gelu"):
+                continue  # attention's configs are all among test_aot_attention's candidates
+            for key, entry in fam["entries"].items():
+                N = int(dict(kv.split("=") for kv in key.split(","))["N"])
+                jobs.append((arch, tuned_jobs(family, kind, N, entry["config"])))
+    return _dedup(jobs)
+
+
+TABLE_JOBS = table_jobs()
+
+
+@pytest.mark.parametrize("arch,job", TABLE_JOBS, ids=[f"sm{a}-{j[0]}" for a, j in TABLE_JOBS])
+def test_tabled_configs_fit(arch, job):
+    _check(*job, arch)
+
+
+SWEEP_WIDTHS = (768, 1024, 1600, 3072, 4096)  # scripts/tune.py's
+
+
+def candidate_jobs():
+    jobs = []
+    for family, module in (("layer_norm", layer_norm), ("bias_gelu", bias_gelu)):
+        for kind in module.TUNABLE:
+            for N in SWEEP_WIDTHS:
+                for cfg in module.config_candidates(kind, N):
+                    jobs += [(arch, tuned_jobs(family, kind, N, cfg)) for arch in ARCHS]
+    return _dedup(jobs)
+
+
+@pytest.mark.skipif(os.environ.get("FASTGPT_AOT_FULL") != "1", reason="every tuning candidate: set FASTGPT_AOT_FULL=1")
+@pytest.mark.parametrize("triton_path", [None, TRITON_36], ids=triton_id)
+def test_every_tuning_candidate_fits(triton_path):
+    for arch, job in candidate_jobs():
+        _check(*job, arch, triton_path)
