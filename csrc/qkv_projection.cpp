@@ -1,10 +1,12 @@
-// Schema, argument checks and device registration of fastgpt::qkv_projection.
-// Device code lives in qkv_projection_cuda.cu, the CPU twin in qkv_projection_cpu.cpp.
+// Argument checks and device implementations of fastgpt::qkv_projection (schema in module.cpp).
+// The CPU twin lives in qkv_projection_cpu.cpp; the CUDA GEMMs in gemm_*.cu behind gemm.h.
 #include <torch/library.h>
 
 #include "qkv_projection.h"
 #ifdef FASTGPT_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
+
+#include "cuda_utils.h"
 #endif
 
 namespace fastgpt {
@@ -45,45 +47,79 @@ void check_qkv_projection_grad(const at::Tensor& grad, const at::Tensor& x) {
 }
 
 #ifdef FASTGPT_WITH_CUDA
-std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_projection_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
-                                                                            const at::Tensor& weight, bool has_bias) {
-  check_qkv_projection_grad(grad, x);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t C = x.size(2);
-  auto g = grad.contiguous();
-  auto xs = x.stride(2) == 1 ? x : x.contiguous();
-  auto w = weight.contiguous();
-  auto dx = at::empty(x.sizes(), x.options());
-  auto dweight = at::empty_like(w);
-  if (x.numel() == 0 || !qkv_projection_backward_cuda_launch(g, xs, w, dx, dweight))
-    return qkv_projection_backward_aten(grad, x, weight, has_bias);
-  // (3, B, H, T, D) summed over B and T is (3, H, D): the bias layout, no gather needed.
-  auto dbias = has_bias ? g.sum({1, 3}).reshape({3 * C}) : at::empty({0}, weight.options());
-  return {dx, dweight, dbias};
+namespace {
+
+bool uses_kernels(const at::Tensor& x) {
+  return x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+}
+
+gemm::QkvProblem problem(const at::Tensor& x, int64_t n_head) {
+  const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
+  const int64_t st = T == 1 ? C : x.stride(1), sb = B == 1 ? T * st : x.stride(0);  // any stride serves size 1
+  return {int(B), int(T), int(C), int(n_head), sb, st, gemm_dtype(x)};
 }
 
 at::Tensor qkv_projection_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                int64_t n_head) {
   check_qkv_projection_args(x, weight, bias, n_head);
   const c10::cuda::CUDAGuard guard(x.device());
+  if (!uses_kernels(x)) return qkv_projection_cpu(x, weight, bias, n_head);  // fp32: cuBLAS through ATen
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), D = C / n_head;
-  // The kernel takes any (batch, time) strides but needs unit stride along C, as does weight.
-  auto xs = x.stride(2) == 1 ? x : x.contiguous();
-  auto w = weight.contiguous();
-  std::optional<at::Tensor> b;
-  if (bias.has_value() && bias->defined()) b = bias->contiguous();
   auto out = at::empty({3, B, n_head, T, D}, x.options());
-  if (out.numel() > 0) qkv_projection_cuda_launch(xs, w, b, out);  // on the current stream
+  if (out.numel() == 0) return out;
+  const auto xs = kernel_ready(x), w = kernel_ready(weight);
+  std::optional<at::Tensor> b;
+  if (bias.has_value() && bias->defined()) b = kernel_ready(*bias);
+  const auto dev = device_info();
+  run_gemm([&] {
+    gemm::qkv_forward(problem(xs, n_head), dev.family, dev.sm_count, xs.data_ptr(), w.data_ptr(),
+                      b ? b->data_ptr() : nullptr, out.data_ptr(), c10::cuda::getCurrentCUDAStream());
+  });
   return out;
 }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_projection_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
+                                                                            const at::Tensor& weight, bool has_bias) {
+  check_qkv_projection_grad(grad, x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (!uses_kernels(x) || x.numel() == 0) return qkv_projection_backward_aten(grad, x, weight, has_bias);
+  const int64_t C = x.size(2), n_head = grad.size(2);
+  const auto g = grad.contiguous(), xs = kernel_ready(x), w = kernel_ready(weight);
+  auto dx = at::empty(x.sizes(), x.options());
+  auto dweight = at::empty({3 * C, C}, weight.options());
+  const auto p = problem(xs, n_head);
+  const auto dev = device_info();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  run_gemm([&] {
+    gemm::qkv_backward_dx(p, dev.family, dev.sm_count, g.data_ptr(), w.data_ptr(), dx.data_ptr(), stream);
+    gemm::qkv_backward_dw(p, dev.family, dev.sm_count, g.data_ptr(), xs.data_ptr(), dweight.data_ptr(), stream);
+  });
+  // (3, B, H, T, D) summed over B and T is (3, H, D): the bias layout, one reduction pass.
+  auto dbias = has_bias ? g.sum({1, 3}).reshape({3 * C}) : at::empty({0}, weight.options());
+  return {dx, dweight, dbias};
+}
+
+}  // namespace
 #endif
 
-}  // namespace fastgpt
-
-TORCH_LIBRARY(fastgpt, m) {
-  m.def("qkv_projection(Tensor x, Tensor weight, Tensor? bias, int n_head) -> Tensor");
-  m.def("qkv_projection_backward(Tensor grad, Tensor x, Tensor weight, bool has_bias) -> (Tensor, Tensor, Tensor)");
+std::string qkv_projection_unsupported(const at::Tensor& x, const at::Tensor& weight,
+                                       const std::optional<at::Tensor>& bias, int64_t n_head) {
+  check_qkv_projection_args(x, weight, bias, n_head);
+  if (x.device().is_cpu()) return "";
+#ifdef FASTGPT_WITH_CUDA
+  if (!x.is_cuda()) return "fastgpt._C runs on cpu and cuda tensors";
+  if (!uses_kernels(x)) return "";
+  const c10::cuda::CUDAGuard guard(x.device());
+  // Strides and alignment as kernel_ready() leaves them: copies fix those, not the shape.
+  auto p = problem(x, n_head);
+  p.x_stride_b = x.size(1) * x.size(2), p.x_stride_t = x.size(2);
+  return gemm::qkv_unsupported(p, device_info().family, nullptr);
+#else
+  return "fastgpt._C was built without its CUDA part (FASTGPT_SKIP_CUDA_BUILD or no nvcc)";
+#endif
 }
+
+}  // namespace fastgpt
 
 TORCH_LIBRARY_IMPL(fastgpt, CPU, m) {
   m.impl("qkv_projection", &fastgpt::qkv_projection_cpu);

@@ -20,6 +20,11 @@ def bias_gelu(x, bias, approximate="none"):
     return F.gelu(x if bias is None else x + bias, approximate=approximate)
 
 
+def linear_bias_gelu(x, weight, bias, approximate="none"):
+    """nanoGPT's c_fc then GELU: gelu(x @ weight^T + bias). x (..., K); weight (N, K); bias (N,) or None."""
+    return F.gelu(F.linear(x, weight, bias), approximate=approximate)
+
+
 def causal_mask(q_len, k_len, device=None):
     """(q_len, k_len) bool, True where attention is allowed; aligned bottom-right, so with
     q_len < k_len (a KV cache) the last query sees every key."""

@@ -38,7 +38,8 @@ def test_bad_input(call, exc, match):
 # The backends each op has on this machine's CPU tensors: reference, Triton through the
 # interpreter (conftest.py switches it on without a GPU), the extension's C++ twin for cuda.
 BACKENDS = {"layer_norm": ("reference", "triton"), "bias_gelu": ("reference", "triton"),
-            "attention": ("reference", "triton"), "qkv_projection": ("reference", "cuda")}
+            "attention": ("reference", "triton"), "qkv_projection": ("reference", "cuda"),
+            "linear_bias_gelu": ("reference", "triton", "cuda")}
 
 
 def _t(*shape, dtype=torch.float32):
@@ -65,6 +66,15 @@ EDGE = {
         "fp16 bias, fp32 x": (lambda: (_t(2, 3, 64), _t(64, dtype=torch.float16)), None),
         "C=0": (lambda: (_t(2, 3, 0), _t(0)), (ValueError, r"bias_gelu: x's last dim \(N\) must be at least 1, got shape \(2, 3, 0\)")),
         "approximate": (lambda: (_t(2, 3, 64), None, None), (ValueError, "approximate must be 'none'")),
+    },
+    "linear_bias_gelu": {
+        "T=0": (lambda: (_t(2, 0, 16), _t(64, 16), _t(64)), None),
+        "B=0": (lambda: (_t(0, 3, 16), _t(64, 16), _t(64)), None),
+        "no bias": (lambda: (_t(2, 3, 16), _t(64, 16), None), None),
+        "fp16 weight, fp32 x": (lambda: (_t(2, 3, 16), _t(64, 16, dtype=torch.float16), _t(64)), None),
+        "K=0": (lambda: (_t(2, 3, 0), _t(64, 0), _t(64)), (ValueError, r"linear_bias_gelu: x's last dim \(K\) must be at least 1")),
+        "N=0": (lambda: (_t(2, 3, 16), _t(0, 16), _t(0)), (ValueError, r"linear_bias_gelu: weight must be \(N, 16\) with N >= 1")),
+        "approximate": (lambda: (_t(2, 3, 16), _t(64, 16), None, None), (ValueError, "approximate must be 'none'")),
     },
     "attention": {
         "B=0": (lambda: (_t(0, 2, 4, 16),) * 3, None),
@@ -130,7 +140,7 @@ def test_model_refuses_empty_input_clearly(shape):
     model = fastgpt.GPT(fastgpt.GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=16))
     idx = torch.zeros(shape, dtype=torch.long)
     for backend in ("reference", "triton"):
-        with use_backend(attention=backend, layer_norm=backend, bias_gelu=backend):
+        with use_backend(attention=backend, layer_norm=backend, bias_gelu=backend, linear_bias_gelu=backend):
             with pytest.raises(ValueError, match=rf"idx must be \(B, T\) token ids with B >= 1 and 1 <= T <= 8, got shape \({shape[0]}, {shape[1]}\)"):
                 model(idx, idx)
 

@@ -57,3 +57,15 @@ def number(op, name, value, ok, expected):
         raise TypeError(f"fastgpt.ops.{op}: {name} must be {expected}, got {value!r}")
     if not (math.isfinite(value) and ok(value)):
         raise ValueError(f"fastgpt.ops.{op}: {name} must be {expected}, got {value!r}")
+
+
+def compute_dtype(x):
+    """The dtype an op computes x in: autocast's where it is on, as F.linear does; else x's."""
+    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+
+
+def as_computed(*tensors):
+    """The tensors with the shapes and the dtype an op passes to the extension, for its
+    support checks (which read nothing else): no copy of their contents."""
+    dtype = compute_dtype(tensors[0])
+    return [t if t is None or t.dtype == dtype else t.new_empty(1, dtype=dtype).expand(t.shape) for t in tensors]

@@ -1,8 +1,10 @@
 """fastgpt.ops.qkv_projection: nanoGPT's c_attn projection written straight into heads.
 
-The ``cuda`` backend is the extension op ``torch.ops.fastgpt.qkv_projection`` (csrc/): a
-CUDA kernel on CUDA tensors and its C++ twin on CPU tensors. It returns one contiguous
-(3, B, H, T, D) tensor whose three slices are q, k, v.
+The ``cuda`` backend is the extension op ``torch.ops.fastgpt.qkv_projection`` (csrc/): CUTLASS
+GEMMs on CUDA tensors (fp16/bf16; TMA + wgmma on Hopper, cp.async + mma.sync elsewhere) whose
+epilogue writes the heads and whose backward reads them in place, cuBLAS for fp32, and its C++
+twin on CPU tensors. It returns one contiguous (3, B, H, T, D) tensor whose three slices are
+q, k, v.
 """
 from typing import Optional
 
@@ -32,11 +34,22 @@ def _check(x, weight, bias, n_head):
 def _why_not(name, x, weight, bias, n_head):
     if _C is None:
         return EXTENSION_ERROR
-    if x.is_cuda and not _C.cuda_built():
-        return "fastgpt._C was built without its CUDA part (FASTGPT_SKIP_CUDA_BUILD or no nvcc)"
     if x.device.type not in ("cpu", "cuda"):
         return f"fastgpt._C runs on cpu and cuda tensors, got {x.device.type}"
-    return None
+    if not x.is_cuda:
+        return None  # the C++ twin runs any CPU call
+    if not _C.cuda_built():
+        return "fastgpt._C was built without its CUDA part (FASTGPT_SKIP_CUDA_BUILD or no nvcc)"
+    if torch.compiler.is_compiling():
+        return None  # a compiled call is checked by the op as it runs
+    return _C.qkv_projection_unsupported(*_checks.as_computed(x, weight, bias), n_head) or None
+
+
+def _auto_order(x, weight, bias, n_head):
+    """``auto`` runs a call on the CUTLASS kernels only where a GPU measurement (the tuning table,
+    issue #13) says they beat cuBLAS + view. The table has no entries yet, so ``auto`` keeps
+    cuBLAS (``reference``) everywhere; force ``cuda`` to run the kernels."""
+    return ()
 
 
 def _probe(device, dtype, B, T, C, H):
@@ -46,8 +59,7 @@ def _probe(device, dtype, B, T, C, H):
 
 backends.register(backends.OpSpec(
     name="qkv_projection", backends=("reference", "cuda"), check=_check, why_not=_why_not, probe=_probe,
-    # auto keeps cuBLAS (reference) until the fused CUDA kernel measures faster.
-    auto_order=lambda *args, **kwargs: (),
+    auto_order=_auto_order,
 ))
 
 
@@ -61,7 +73,7 @@ def qkv_projection(x: Tensor, weight: Tensor, bias: Optional[Tensor], n_head: in
     name = backends.backend_for("qkv_projection", x, weight, bias, n_head)
     if name == "reference":
         return reference.qkv_projection(x, _checks.cast(weight, x.dtype), _checks.cast(bias, x.dtype), n_head)
-    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    dtype = _checks.compute_dtype(x)
     x, weight, bias = (_checks.cast(t, dtype) for t in (x, weight, bias))
     return torch.ops.fastgpt.qkv_projection(x, weight, bias, n_head).unbind(0)
 
