@@ -213,7 +213,7 @@ elif [ -z "$SAN" ]; then
   skip memcheck "compute-sanitizer not found"
 else
   stage memcheck "$SAN" --tool memcheck --error-exitcode 1 "$PY" -m pytest -q -x -p no:cacheprovider \
-    tests/test_qkv_projection_ext.py -k cuda_kernel
+    tests/test_qkv_projection_ext.py tests/test_linear_bias_gelu.py -k cuda_kernel
 fi
 
 echo "== pack ($(($(now) - T0)) s)"
