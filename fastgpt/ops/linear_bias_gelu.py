@@ -19,14 +19,9 @@ from torch.nn import functional as F
 
 from fastgpt import backends, reference
 from fastgpt.kernels import limits
-from fastgpt.ops import _checks
+from fastgpt.ops import _checks, _extension
+from fastgpt.ops._extension import _C
 from fastgpt.ops.bias_gelu import APPROXIMATIONS, _bias_gelu_triton
-
-try:
-    from fastgpt import _C
-    EXTENSION_ERROR = None
-except ImportError as e:  # reported by backend_for(), never swallowed
-    _C, EXTENSION_ERROR = None, f"fastgpt._C could not be imported ({e}); reinstall with 'pip install -e .'"
 
 
 def _check(x, weight, bias, approximate="none"):
@@ -46,17 +41,7 @@ def _check(x, weight, bias, approximate="none"):
 def _why_not(name, x, weight, bias, approximate="none"):
     if name == "triton":
         return backends.triton_why_not(x, limits.DTYPES)
-    if _C is None:
-        return EXTENSION_ERROR
-    if x.device.type not in ("cpu", "cuda"):
-        return f"fastgpt._C runs on cpu and cuda tensors, got {x.device.type}"
-    if not x.is_cuda:
-        return None  # the C++ twin runs any CPU call
-    if not _C.cuda_built():
-        return "fastgpt._C was built without its CUDA part (FASTGPT_SKIP_CUDA_BUILD or no nvcc)"
-    if torch.compiler.is_compiling():
-        return None  # a compiled call is checked by the op as it runs
-    return _C.linear_bias_gelu_unsupported(*_checks.as_computed(x, weight, bias), approximate) or None
+    return _extension.why_not(x, "linear_bias_gelu_unsupported", *_checks.as_computed(x, weight, bias), approximate)
 
 
 def _auto_order(x, weight, bias, approximate="none"):

@@ -12,13 +12,8 @@ import torch
 from torch import Tensor
 
 from fastgpt import backends, reference
-from fastgpt.ops import _checks
-
-try:
-    from fastgpt import _C
-    EXTENSION_ERROR = None
-except ImportError as e:  # reported by backend(), never swallowed
-    _C, EXTENSION_ERROR = None, f"fastgpt._C could not be imported ({e}); reinstall with 'pip install -e .'"
+from fastgpt.ops import _checks, _extension
+from fastgpt.ops._extension import _C
 
 
 def _check(x, weight, bias, n_head):
@@ -32,17 +27,7 @@ def _check(x, weight, bias, n_head):
 
 
 def _why_not(name, x, weight, bias, n_head):
-    if _C is None:
-        return EXTENSION_ERROR
-    if x.device.type not in ("cpu", "cuda"):
-        return f"fastgpt._C runs on cpu and cuda tensors, got {x.device.type}"
-    if not x.is_cuda:
-        return None  # the C++ twin runs any CPU call
-    if not _C.cuda_built():
-        return "fastgpt._C was built without its CUDA part (FASTGPT_SKIP_CUDA_BUILD or no nvcc)"
-    if torch.compiler.is_compiling():
-        return None  # a compiled call is checked by the op as it runs
-    return _C.qkv_projection_unsupported(*_checks.as_computed(x, weight, bias), n_head) or None
+    return _extension.why_not(x, "qkv_projection_unsupported", *_checks.as_computed(x, weight, bias), n_head)
 
 
 def _auto_order(x, weight, bias, n_head):
