@@ -60,15 +60,7 @@ def test_gpt(benchmark, preset, B, T, mode, provider):
     idx = torch.randint(0, vocab, (B, T), device=DEVICE)
     extra = {}
     if mode == "train":
-        opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), DEVICE)
-
-        def step():
-            with _autocast():
-                _, loss = fn_model(idx, idx)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
+        step = _train_step(model, fn_model, idx)
         tokens = B * T
     elif mode == "infer":
         model.eval()
