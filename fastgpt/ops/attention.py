@@ -80,11 +80,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: f
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if name == "reference":
         return reference.attention(q, k, v, causal, dropout_p, scale, key_start)
-    if key_start is not None:  # no gradients (see _why_not): the forward kernel alone
-        seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64) if dropout_p > 0 else torch.zeros(1, dtype=torch.int64)
-        return _attention_key_padded_triton(q, k, v, key_start.to(torch.int32), causal, float(dropout_p), scale, seed)
     # Drawn even without dropout so the call has one shape under torch.compile; cheap on CPU.
     seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64) if dropout_p > 0 else torch.zeros(1, dtype=torch.int64)
+    if key_start is not None:  # no gradients (see _why_not): the forward kernel alone
+        return _attention_key_padded_triton(q, k, v, key_start.to(torch.int32), causal, float(dropout_p), scale, seed)
     return _attention_triton(q, k, v, causal, float(dropout_p), scale, seed)[0]
 
 
