@@ -264,7 +264,7 @@ def compile_for_target(kernel, signature: dict, constexprs: dict, arch: int, num
 
 def assert_fits(info: dict, name: str):
     """Fail, with the numbers, when the kernel spills or needs more shared memory than allowed;
-    with an analysis, also when ptxas serialises wgmma (C7515) or the SASS touches local memory."""
+    with an analysis, also on any ptxas advisory (C7515: serialised wgmma) or local memory in the SASS."""
     where = f"{name} (sm_{info['arch']}, num_warps={info['num_warps']}, num_stages={info['num_stages']})"
     assert info["n_spills"] == 0, (
         f"{where} spills: {info['n_spills']} bytes of stack/local memory at {info['n_regs']} "
@@ -276,6 +276,7 @@ def assert_fits(info: dict, name: str):
         assert not ptxas["c7515"], (
             f"{where}: ptxas serialises wgmma (C7515: non-wgmma instructions define accumulator "
             f"registers between a wgmma and its wait); advisories {ptxas['advisories']}")
+        assert not ptxas["advisories"], f"{where}: ptxas advisories {ptxas['advisories']}:\n{ptxas['log']}"
         assert ptxas["spill_stores"] == ptxas["spill_loads"] == ptxas["stack"] == 0, (
             f"{where}: ptxas -v reports spills: {ptxas}")
         assert analysis["sass"]["total"]["LOCAL"] == 0, f"{where}: SASS uses local memory"

@@ -34,7 +34,7 @@ JOBS = _jobs()
 
 def _check(name, signature, constexprs, num_warps, arch, triton_path=None):
     info = compile_for_target(cross_entropy._cross_entropy_fwd_bwd_kernel, signature, constexprs, arch=arch,
-                              num_warps=num_warps, num_stages=1, triton_path=triton_path)
+                              num_warps=num_warps, num_stages=1, triton_path=triton_path, analyze=True)
     assert info["n_regs"] > 0, f"{name}: cuobjdump reported no registers: {info}"
     assert_fits(info, name)
     return info

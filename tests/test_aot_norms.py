@@ -121,7 +121,7 @@ JOBS = ln_jobs() + gelu_jobs() + reduce_jobs()
 
 def _check(name, kernel, signature, constexprs, num_warps, arch, triton_path=None):
     info = compile_for_target(kernel, signature, constexprs, arch=arch, num_warps=num_warps, num_stages=1,
-                              triton_path=triton_path)
+                              triton_path=triton_path, analyze=True)
     assert info["n_regs"] > 0, f"{name}: cuobjdump reported no registers: {info}"
     assert_fits(info, name)
     return info
