@@ -75,7 +75,8 @@ std::string kernel_code_missing(KernelFn kernel, int family) {
     static constexpr const char* name = #tag; \
   }
 
-// The pointers of one GEMM launch: inputs a, b; output d; the epilogue's bias and aux.
+// The pointers of one GEMM launch: inputs a, b; output d; the epilogue's bias and aux (an
+// output, or an input for a backward's dGELU).
 struct GemmPointers {
   const void* a;
   const void* b;

@@ -62,6 +62,15 @@ void qkv_backward_dw(const QkvProblem& p, int family, int sm_count, const void* 
 void fc_forward(const FcProblem& p, int family, int sm_count, const void* x, const void* w, const void* bias, void* y,
                 void* pre, cudaStream_t stream);
 
+// The MLP's backward through its GELU (fastgpt::mlp): the dGELU in the epilogue of the GEMM
+// that produces its input, c_proj's dx GEMM, which reads pre there:
+//   dpre(m, n) = gelu'(pre(m, n)) * sum_k grad(m, k) w_proj(k, n)
+// with the FcProblem read as: M rows, N = c_fc's out features (4C), K = c_proj's out features
+// (C), x_stride the row stride of grad (M, K) (unit stride along K); w_proj (K, N) contiguous
+// (nanoGPT's c_proj.weight); pre, dpre (M, N) contiguous, 16-byte aligned.
+void fc_dgelu(const FcProblem& p, int family, int sm_count, const void* grad, const void* w_proj, const void* pre,
+              void* dpre, cudaStream_t stream);
+
 // ---- host-side views of the kernels, for the tests (no GPU needed) ----
 
 // One TMA descriptor as a Hopper kernel's host code encodes it (cuTensorMapEncodeTiled's
@@ -96,11 +105,13 @@ struct Sm80Trace {
 // k_edges: loads of the first two and last two k-tiles only (for huge K).
 KernelPlan qkv_plan_sm90(const QkvProblem& p, const std::string& kind);
 KernelPlan fc_plan_sm90(const FcProblem& p);
+KernelPlan fc_dgelu_plan_sm90(const FcProblem& p);
 // The Hopper forward's bias loads, rows of (N tile, column in tile, column exists, bias element,
 // output column), output columns flattened over (D, H, 3) like W's rows.
 std::vector<int64_t> qkv_bias_plan_sm90(const QkvProblem& p);
 Sm80Trace qkv_trace_sm80(const QkvProblem& p, const std::string& kind, const std::vector<int>& ctas, bool k_edges);
 Sm80Trace fc_trace_sm80(const FcProblem& p, const std::vector<int>& ctas, bool k_edges);
+Sm80Trace fc_dgelu_trace_sm80(const FcProblem& p, const std::vector<int>& ctas, bool k_edges);
 
 // The tags of every kernel of a family in this build.
 std::vector<std::string> kernel_names(int family);

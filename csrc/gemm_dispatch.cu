@@ -110,14 +110,27 @@ void fc_forward(const FcProblem& p, int family, int sm_count, const void* x, con
     sm80::fc_forward(p, x, w, bias, y, pre, stream);
 }
 
+void fc_dgelu(const FcProblem& p, int family, int sm_count, const void* grad, const void* w_proj, const void* pre,
+              void* dpre, cudaStream_t stream) {
+  require(fc_unsupported(p, family, grad), "mlp_backward");
+  if (!aligned16(w_proj) || !aligned16(pre) || !aligned16(dpre))
+    throw std::invalid_argument("mlp_backward: c_proj's weight, pre and dpre must be 16-byte aligned");
+  if (family == 90)
+    sm90::fc_dgelu(p, sm_count, grad, w_proj, pre, dpre, stream);
+  else
+    sm80::fc_dgelu(p, grad, w_proj, pre, dpre, stream);
+}
+
 KernelPlan qkv_plan_sm90(const QkvProblem& p, const std::string& kind) { return sm90::qkv_plan(p, kind); }
 KernelPlan fc_plan_sm90(const FcProblem& p) { return sm90::fc_plan(p); }
+KernelPlan fc_dgelu_plan_sm90(const FcProblem& p) { return sm90::fc_dgelu_plan(p); }
 std::vector<int64_t> qkv_bias_plan_sm90(const QkvProblem& p) { return sm90::qkv_bias_plan(p); }
 
 std::vector<std::string> kernel_names(int family) {
   auto names = family == 90 ? sm90::qkv_kernel_names() : sm80::qkv_kernel_names();
-  const auto fc = family == 90 ? sm90::fc_kernel_names() : sm80::fc_kernel_names();
-  names.insert(names.end(), fc.begin(), fc.end());
+  for (const auto& more : family == 90 ? std::vector{sm90::fc_kernel_names(), sm90::fc_dgelu_kernel_names()}
+                                       : std::vector{sm80::fc_kernel_names(), sm80::fc_dgelu_kernel_names()})
+    names.insert(names.end(), more.begin(), more.end());
   return names;
 }
 

@@ -11,6 +11,8 @@
 //   dweight  dW((d,h,s), c) = sum_(t,b) grad((d,h,s), (t,b)) x(c, (t,b))
 //            M = (D, H, 3), N = C, K = (T, B), L = 1
 // c_fc: pre(m, n) = sum_k x(m, k) W(n, k) [+ bias(n)], M = rows, N = 4C, K = C, L = 1.
+// c_fc's dGELU behind c_proj's dx: dpre(m, n) = gelu'(pre(m, n)) sum_k grad(m, k) Wp(k, n),
+//   Wp = c_proj.weight (C, 4C) row-major read as B (n, k) with n contiguous; M = rows, N = 4C, K = C.
 // Shapes are 32-bit (divisions by them stay inline); strides are 64-bit.
 #pragma once
 #include <cute/tensor.hpp>
@@ -90,6 +92,17 @@ struct FcProblemLayout {
   static ProblemShape shape(const FcProblem& p) { return {int(p.M), p.N, p.K, 1}; }
   static StrideA stride_a(const FcProblem& p) { return {p.x_stride, _1{}, _0{}}; }
   static StrideB stride_b(const FcProblem& p) { return {int64_t(p.K), _1{}, _0{}}; }
+  static StrideD stride_d(const FcProblem& p) { return {int64_t(p.N), _1{}, _0{}}; }
+};
+
+struct FcDgeluProblemLayout {
+  using ProblemShape = Shape<int, int, int, int>;
+  using StrideA = Stride<int64_t, _1, _0>;  // grad (m, k)
+  using StrideB = Stride<_1, int64_t, _0>;  // Wp (n, k): N-major
+  using StrideD = Stride<int64_t, _1, _0>;  // dpre, pre (m, n)
+  static ProblemShape shape(const FcProblem& p) { return {int(p.M), p.N, p.K, 1}; }
+  static StrideA stride_a(const FcProblem& p) { return {p.x_stride, _1{}, _0{}}; }
+  static StrideB stride_b(const FcProblem& p) { return {_1{}, int64_t(p.N), _0{}}; }
   static StrideD stride_d(const FcProblem& p) { return {int64_t(p.N), _1{}, _0{}}; }
 };
 

@@ -51,17 +51,22 @@ struct Operand<Element, false> {
                                                  Layout<Shape<_16, _8>, Stride<_1, _16>>{}, Layout<Shape<_8, _1>>{}));
 };
 
-// The epilogue's elementwise part: out = act(acc + bias[n]), and optionally aux = acc + bias[n]
-// (the pre-activation, for a backward). Bias: one value per column, at the offset of n in the
-// compact column-major layout of N's (possibly nested) shape; null means none.
-template <class Element, class Act, bool kAux>
+// The epilogue's elementwise part, by mode:
+//   kEpiAct     out = act(acc + bias[n])
+//   kEpiActAux  the same, and aux = acc + bias[n] (the pre-activation, for a backward)
+//   kEpiDAct    out = acc * act'(aux) with aux an input (a backward's dGELU)
+// Bias: one value per column, at the offset of n in the compact column-major layout of N's
+// (possibly nested) shape; null means none.
+constexpr int kEpiAct = 0, kEpiActAux = 1, kEpiDAct = 2;
+
+template <class Element>
 struct EpilogueParams {
   Element* d = nullptr;
   Element const* bias = nullptr;
   Element* aux = nullptr;
 };
 
-template <class Element, class Problem, class TileShape_, class Act = Identity, bool kAux = false>
+template <class Element, class Problem, class TileShape_, class Act = Identity, int kEpi = kEpiAct>
 struct Gemm {
   using ProblemShape = typename Problem::ProblemShape;
   using StrideA = typename Problem::StrideA;
@@ -98,7 +103,7 @@ struct Gemm {
     Element const* b;
     StrideB db;
     StrideD dd;
-    EpilogueParams<Element, Act, kAux> epi;
+    EpilogueParams<Element> epi;
   };
 
   template <class P>
@@ -252,10 +257,14 @@ struct Gemm {
     CUTLASS_PRAGMA_UNROLL
     for (int i = 0; i < size(acc); ++i) {
       if (elem_less(tCcD(i), extent_d)) {
-        float v = acc(i);
-        if (p.epi.bias != nullptr) v += float(tCgBias(i));
-        if constexpr (kAux) tCgAux(i) = Element(v);
-        tCgD(i) = Element(act(v));
+        if constexpr (kEpi == kEpiDAct) {
+          tCgD(i) = Element(acc(i) * Act::grad(float(tCgAux(i))));
+        } else {
+          float v = acc(i);
+          if (p.epi.bias != nullptr) v += float(tCgBias(i));
+          if constexpr (kEpi == kEpiActAux) tCgAux(i) = Element(v);
+          tCgD(i) = Element(act(v));
+        }
       }
     }
   }

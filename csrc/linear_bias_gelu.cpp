@@ -1,6 +1,8 @@
-// Argument checks and device implementations of fastgpt::linear_bias_gelu (schema in
-// module.cpp; see linear_bias_gelu.h). The CPU twin is here; the CUDA GEMM in gemm_*.cu.
+// Argument checks and device implementations of fastgpt::linear_bias_gelu and fastgpt::mlp
+// (schemas in module.cpp; see linear_bias_gelu.h). The CPU twins are here; the CUDA GEMMs in
+// gemm_*.cu.
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include "gelu.cuh"
@@ -36,6 +38,24 @@ void check_linear_bias_gelu_args(const at::Tensor& x, const at::Tensor& weight, 
   }
   TORCH_CHECK(approximate == "none" || approximate == "tanh",
               "linear_bias_gelu: approximate must be 'none' (exact erf) or 'tanh', got '", approximate, "'");
+}
+
+void check_mlp_args(const at::Tensor& x, const at::Tensor& fc_weight, const std::optional<at::Tensor>& fc_bias,
+                    const at::Tensor& proj_weight, const std::optional<at::Tensor>& proj_bias,
+                    c10::string_view approximate) {
+  check_linear_bias_gelu_args(x, fc_weight, fc_bias, approximate);
+  const int64_t N = fc_weight.size(0);
+  TORCH_CHECK(proj_weight.dim() == 2 && proj_weight.size(1) == N, "mlp: proj_weight must be (C_out, ", N,
+              ") for fc_weight of shape ", fc_weight.sizes(), ", got ", proj_weight.sizes());
+  TORCH_CHECK(proj_weight.scalar_type() == x.scalar_type() && proj_weight.device() == x.device(),
+              "mlp: proj_weight must have x's dtype and device (", x.scalar_type(), ", ", x.device(), "), got ",
+              proj_weight.scalar_type(), ", ", proj_weight.device());
+  if (proj_bias.has_value() && proj_bias->defined()) {
+    TORCH_CHECK(proj_bias->dim() == 1 && proj_bias->size(0) == proj_weight.size(0), "mlp: proj_bias must be (",
+                proj_weight.size(0), ",), got ", proj_bias->sizes());
+    TORCH_CHECK(proj_bias->scalar_type() == x.scalar_type() && proj_bias->device() == x.device(),
+                "mlp: proj_bias must have x's dtype and device");
+  }
 }
 
 namespace {
@@ -114,6 +134,64 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_bias_gelu_backward_cpu(
   return backward_gemms(dpre, x, weight, has_bias ? rows_of(dpre).sum(0) : no_bias(weight));
 }
 
+// ---- fastgpt::mlp: c_proj(gelu(c_fc(x))), the boundary that lets the backward put the dGELU
+// into the epilogue of c_proj's dx GEMM (linear_bias_gelu.h) ----
+
+std::optional<at::Tensor> defined_or_none(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t : std::nullopt;
+}
+
+// The forward on any device: linear_bias_gelu through the dispatcher (the CUTLASS GEMM on
+// CUDA, the C++ twin on CPU), then c_proj (ATen: cuBLAS on CUDA).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_forward(const at::Tensor& x, const at::Tensor& fc_weight,
+                                                           const std::optional<at::Tensor>& fc_bias,
+                                                           const at::Tensor& proj_weight,
+                                                           const std::optional<at::Tensor>& proj_bias,
+                                                           c10::string_view approximate) {
+  check_mlp_args(x, fc_weight, fc_bias, proj_weight, proj_bias, approximate);
+  static auto fc = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastgpt::linear_bias_gelu", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                 const std::optional<at::Tensor>&, c10::string_view)>();
+  auto [act, pre] = fc.call(x, fc_weight, fc_bias, approximate);
+  auto y = affine(rows_of(act), proj_weight, defined_or_none(proj_bias));
+  return {y.view(out_shape(x, proj_weight.size(0))), pre, act};
+}
+
+void check_mlp_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& fc_weight,
+                        const at::Tensor& pre, const at::Tensor& act, const at::Tensor& proj_weight) {
+  check_backward(act, x, fc_weight, pre);
+  const auto shape = out_shape(x, proj_weight.size(0));
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef(shape) && grad.scalar_type() == x.scalar_type(),
+              "mlp_backward: grad must be ", at::IntArrayRef(shape), " in ", x.scalar_type(), ", got ", grad.sizes(),
+              " in ", grad.scalar_type());
+}
+
+// Everything but dpre and the c_fc bias gradient, given those: c_proj's dweight and dbias from
+// grad and act, c_fc's dx and dweight from dpre.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_gradients(
+    const at::Tensor& g2, const at::Tensor& x, const at::Tensor& fc_weight, const at::Tensor& act,
+    const at::Tensor& dpre, at::Tensor dfc_bias, bool proj_has_bias) {
+  auto [dx, dfc_w, dfc_b] = backward_gemms(dpre, x, fc_weight, std::move(dfc_bias));
+  auto dproj_w = at::mm(g2.t(), rows_of(act));
+  auto dproj_b = proj_has_bias ? g2.sum(0) : no_bias(dproj_w);
+  return {dx, dfc_w, dfc_b, dproj_w, dproj_b};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& fc_weight, const at::Tensor& pre,
+    const at::Tensor& act, const at::Tensor& proj_weight, bool fc_has_bias, bool proj_has_bias,
+    c10::string_view approximate) {
+  check_mlp_args(x, fc_weight, std::nullopt, proj_weight, std::nullopt, approximate);
+  check_mlp_backward(grad, x, fc_weight, pre, act, proj_weight);
+  const auto g2 = rows_of(grad);
+  const auto dact = at::mm(g2, proj_weight);  // c_proj's dx
+  auto dpre = is_tanh(approximate)
+                  ? cpu_elementwise(dact, rows_of(pre), [](float g, float v) { return g * gemm::GeluTanh::grad(v); })
+                  : cpu_elementwise(dact, rows_of(pre), [](float g, float v) { return g * gemm::GeluErf::grad(v); });
+  return mlp_gradients(g2, x, fc_weight, act, dpre, fc_has_bias ? dpre.sum(0) : no_bias(fc_weight), proj_has_bias);
+}
+
 #ifdef FASTGPT_WITH_CUDA
 bool uses_kernels(const at::Tensor& x) { return x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16; }
 
@@ -174,6 +252,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_bias_gelu_backward_cuda(
   });
   return backward_gemms(dpre, x, weight, has_bias ? partial.sum(0).to(x.scalar_type()) : no_bias(weight));
 }
+
+// dpre = gelu'(pre) * (grad @ proj_weight) in one CUTLASS GEMM whose epilogue reads pre and
+// applies the dGELU (gemm.h: fc_dgelu); c_fc's bias gradient is one fp32 column-sum pass over
+// dpre. fp32 and shapes outside the kernels' contract take cuBLAS and ATen's gelu_backward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& fc_weight, const at::Tensor& pre,
+    const at::Tensor& act, const at::Tensor& proj_weight, bool fc_has_bias, bool proj_has_bias,
+    c10::string_view approximate) {
+  check_mlp_args(x, fc_weight, std::nullopt, proj_weight, std::nullopt, approximate);
+  check_mlp_backward(grad, x, fc_weight, pre, act, proj_weight);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto g2 = kernel_ready(rows_of(grad)), p2 = rows_of(pre).contiguous(), wp = proj_weight.contiguous();
+  const int64_t rows = g2.size(0), N = p2.size(1), K = g2.size(1);
+  const auto dev = device_info();
+  bool kernel = uses_kernels(x) && rows > 0 && N > 0 && K > 0 && aligned16(p2) && aligned16(wp);
+  gemm::FcProblem prob{rows, int(N), int(K), rows == 1 ? K : g2.stride(0), gemm::DType::f16, gemm::Gelu::erf};
+  if (kernel) {
+    prob.dtype = gemm_dtype(x);
+    prob.gelu = is_tanh(approximate) ? gemm::Gelu::tanh : gemm::Gelu::erf;
+    kernel = gemm::fc_unsupported(prob, dev.family, g2.data_ptr()).empty();
+  }
+  at::Tensor dpre;
+  if (kernel) {
+    dpre = at::empty({rows, N}, x.options());
+    run_gemm([&] {
+      gemm::fc_dgelu(prob, dev.family, dev.sm_count, g2.data_ptr(), wp.data_ptr(), p2.data_ptr(), dpre.data_ptr(),
+                     c10::cuda::getCurrentCUDAStream());
+    });
+  } else {
+    dpre = at::gelu_backward(at::mm(g2, wp), p2, approximate);
+  }
+  auto dfc_b = fc_has_bias ? dpre.sum(0, false, at::kFloat).to(x.scalar_type()) : no_bias(fc_weight);
+  return mlp_gradients(g2, x, fc_weight, act, dpre, std::move(dfc_b), proj_has_bias);
+}
 #endif
 
 }  // namespace
@@ -195,16 +307,27 @@ std::string linear_bias_gelu_unsupported(const at::Tensor& x, const at::Tensor& 
 #endif
 }
 
+std::string mlp_unsupported(const at::Tensor& x, const at::Tensor& fc_weight, const std::optional<at::Tensor>& fc_bias,
+                            const at::Tensor& proj_weight, const std::optional<at::Tensor>& proj_bias,
+                            c10::string_view approximate) {
+  check_mlp_args(x, fc_weight, fc_bias, proj_weight, proj_bias, approximate);
+  return linear_bias_gelu_unsupported(x, fc_weight, fc_bias, approximate);  // the dGELU GEMM has the same contract
+}
+
 }  // namespace fastgpt
 
 TORCH_LIBRARY_IMPL(fastgpt, CPU, m) {
   m.impl("linear_bias_gelu", &fastgpt::linear_bias_gelu_cpu);
   m.impl("linear_bias_gelu_backward", &fastgpt::linear_bias_gelu_backward_cpu);
+  m.impl("mlp", &fastgpt::mlp_forward);
+  m.impl("mlp_backward", &fastgpt::mlp_backward_cpu);
 }
 
 #ifdef FASTGPT_WITH_CUDA
 TORCH_LIBRARY_IMPL(fastgpt, CUDA, m) {
   m.impl("linear_bias_gelu", &fastgpt::linear_bias_gelu_cuda);
   m.impl("linear_bias_gelu_backward", &fastgpt::linear_bias_gelu_backward_cuda);
+  m.impl("mlp", &fastgpt::mlp_forward);
+  m.impl("mlp_backward", &fastgpt::mlp_backward_cuda);
 }
 #endif

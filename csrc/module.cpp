@@ -15,6 +15,12 @@ TORCH_LIBRARY(fastgpt, m) {
   m.def(
       "linear_bias_gelu_backward(Tensor grad, Tensor x, Tensor weight, Tensor pre, bool has_bias, str approximate)"
       " -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "mlp(Tensor x, Tensor fc_weight, Tensor? fc_bias, Tensor proj_weight, Tensor? proj_bias, str approximate)"
+      " -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "mlp_backward(Tensor grad, Tensor x, Tensor fc_weight, Tensor pre, Tensor act, Tensor proj_weight,"
+      " bool fc_has_bias, bool proj_has_bias, str approximate) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 #ifdef FASTGPT_WITH_CUDA
@@ -67,6 +73,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "'' when the cuda backend runs this qkv_projection call, else why not");
   m.def("linear_bias_gelu_unsupported", &fastgpt::linear_bias_gelu_unsupported,
         "'' when the cuda backend runs this linear_bias_gelu call, else why not");
+  m.def("mlp_unsupported", &fastgpt::mlp_unsupported, "'' when the cuda backend runs this mlp call, else why not");
 #ifdef FASTGPT_WITH_CUDA
   // Host-side views of the CUTLASS kernels for the tests (no GPU needed): see gemm.h.
   m.def("_kernel_names", &gemm::kernel_names, "the tags of a family's (90 or 80) kernels in this build");
@@ -102,6 +109,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "the launch and TMA descriptors of the Hopper c_fc GEMM");
   m.def(
+      "_fc_dgelu_plan_sm90",
+      [](int64_t M, int N, int K, int64_t ld, const std::string& dtype, const std::string& approx) {
+        return plan_dict(gemm::fc_dgelu_plan_sm90(fc_problem(M, N, K, ld, dtype, approx)));
+      },
+      "the launch and TMA descriptors of the Hopper dGELU GEMM (the MLP backward's c_proj dx)");
+  m.def(
       "_qkv_trace_sm80",
       [](const std::string& kind, int B, int T, int C, int H, int64_t sb, int64_t st, const std::string& dtype,
          const std::vector<int>& ctas, bool k_edges) {
@@ -115,5 +128,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return trace_tensors(gemm::fc_trace_sm80(fc_problem(M, N, K, ld, dtype, approx), ctas, k_edges));
       },
       "(loads, stores): every global access of the Ampere-path c_fc GEMM's chosen CTAs");
+  m.def(
+      "_fc_dgelu_trace_sm80",
+      [](int64_t M, int N, int K, int64_t ld, const std::string& dtype, const std::string& approx,
+         const std::vector<int>& ctas, bool k_edges) {
+        return trace_tensors(gemm::fc_dgelu_trace_sm80(fc_problem(M, N, K, ld, dtype, approx), ctas, k_edges));
+      },
+      "(loads, stores): every global access of the Ampere-path dGELU GEMM's chosen CTAs");
 #endif
 }

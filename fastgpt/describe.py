@@ -67,8 +67,8 @@ def describe(config, batch=1, context=None, device="cpu", dtype="float32"):
         ("  softmax(scores) v", f"[{B}, {H}, {T}, {D}] -> [{B}, {T}, {C}]", "", f"attention -> {backends['attention']}"),
         ("  attn.c_proj", f"[{B}, {T}, {C}]", f"{_n(blk.attn.c_proj):,}", "residual add"),
         ("  ln_2", f"[{B}, {T}, {C}]", f"{_n(blk.ln_2):,}", f"layer_norm -> {backends['layer_norm']}"),
-        ("  mlp.c_fc + GELU", f"[B, T, 4C] = [{B}, {T}, {4 * C}]", f"{_n(blk.mlp.c_fc):,}", f"linear_bias_gelu -> {backends['linear_bias_gelu']}"),
-        ("  mlp.c_proj", f"[{B}, {T}, {C}]", f"{_n(blk.mlp.c_proj):,}", "residual add"),
+        ("  mlp.c_fc + GELU", f"[B, T, 4C] = [{B}, {T}, {4 * C}]", f"{_n(blk.mlp.c_fc):,}", f"mlp -> {backends['mlp']}"),
+        ("  mlp.c_proj", f"[{B}, {T}, {C}]", f"{_n(blk.mlp.c_proj):,}", "same mlp op; residual add"),
         ("ln_f", f"[{B}, {T}, {C}]", f"{_n(model.transformer.ln_f):,}", f"layer_norm -> {backends['layer_norm']}"),
         ("lm_head: logits", f"[B, T, vocab] = [{B}, {T}, {V}]", "0 (tied)", "training; generate() takes the last position only"),
     ]

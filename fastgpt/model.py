@@ -69,10 +69,10 @@ class MLP(nn.Module):
         self.gelu_approximate = config.gelu_approximate
 
     def forward(self, x):
-        # c_fc, its bias add and the GELU in one op: on the cuda backend one GEMM whose epilogue adds
-        # the bias and applies the GELU, so the hidden activation is written once
-        x = ops.linear_bias_gelu(x, self.c_fc.weight, self.c_fc.bias, self.gelu_approximate)  # (B, T, 4C)
-        x = self.c_proj(x)
+        # c_fc, GELU and c_proj as one op: on the cuda backend the forward's c_fc GEMM adds the bias
+        # and applies the GELU in its epilogue, and the backward's c_proj dx GEMM applies the dGELU
+        # in its epilogue
+        x = ops.mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias, self.gelu_approximate)
         return self.dropout(x)
 
 
@@ -278,10 +278,12 @@ class GPT(nn.Module):
         """fastgpt: {op: the backend it runs on} for this model on ``device`` in ``dtype`` (see
         fastgpt.report), with its config.backend applied; 'error: ...' for one that cannot run.
         linear_cross_entropy is listed only when config.fused_loss puts it in the model; bias_gelu
-        never is (the MLP calls linear_bias_gelu, whose triton backend runs that kernel)."""
+        and linear_bias_gelu never are (the MLP calls mlp, whose triton backend runs the bias+GELU
+        kernel and whose cuda backend runs linear_bias_gelu's GEMM)."""
         with self._backend():
             ops_ = report(device, dtype, n_embd=self.config.n_embd, n_head=self.config.n_head, block_size=self.config.block_size, batch=batch)
         ops_.pop("bias_gelu", None)
+        ops_.pop("linear_bias_gelu", None)
         if not self.config.fused_loss:
             ops_.pop("linear_cross_entropy", None)
         return ops_

@@ -25,6 +25,11 @@ def linear_bias_gelu(x, weight, bias, approximate="none"):
     return F.gelu(F.linear(x, weight, bias), approximate=approximate)
 
 
+def mlp(x, fc_weight, fc_bias, proj_weight, proj_bias, approximate="none"):
+    """nanoGPT's MLP without its dropout: c_proj(gelu(c_fc(x))). fc_weight (N, C); proj_weight (C_out, N)."""
+    return F.linear(linear_bias_gelu(x, fc_weight, fc_bias, approximate), proj_weight, proj_bias)
+
+
 def causal_mask(q_len, k_len, device=None):
     """(q_len, k_len) bool, True where attention is allowed; aligned bottom-right, so with
     q_len < k_len (a KV cache) the last query sees every key."""

@@ -41,7 +41,7 @@ if [ "$DRY" = 1 ]; then
 fi
 
 # name:budget seconds, in the order they run (the CUDA build runs beside tune, peers and e2e).
-STAGES=(env:15 carry:5 install:35 ceilings:15 tune:85 peers:75 e2e:120 build-wait:5 tests:65 qkv:15 memcheck:25 pack:10)
+STAGES=(env:15 carry:5 install:35 ceilings:15 tune:85 peers:75 e2e:120 build-wait:5 tests:65 qkv:15 mlp:10 memcheck:25 pack:10)
 T0=$(date +%s)
 SLACK=0
 echo "== gpu_check$([ "$DRY" = 1 ] && echo " --dry-run (limits x$SCALE)"): total budget ${TOTAL} s on ${CORES} cores; stages (budget s):"
@@ -201,9 +201,13 @@ TEST_ARGS=("${PYTEST[@]}" tests --ignore=tests/test_aot_attention.py --ignore=te
 "$PY" -c "import xdist" 2> /dev/null && [ "$DRY" = 0 ] && TEST_ARGS+=(-n 8)
 TAIL_LINES=15 stage tests "$PY" -m pytest "${TEST_ARGS[@]}"
 
-# --- qkv: the fused QKV projection (fastgpt._C) vs nn.Linear + head split ------------------------
+# --- qkv: fastgpt._C's GEMMs: the fused QKV projection vs nn.Linear + head split; c_fc + GELU and
+# the whole MLP (dGELU in c_proj's dx epilogue) vs eager and F.linear + the Triton kernel, fwd+bwd
 RENDER=1 stage qkv "$PY" -m pytest "${PYTEST[@]}" benchmarks/bench_qkv.py --benchmark-only --junitxml="$LOGS/qkv.xml" \
   ${DRY_SELECT[@]+"${DRY_SELECT[@]}"}
+[ "$DRY" = 1 ] && FC_SELECT="fwd and not bwd and not compile" || FC_SELECT="fwd+bwd and not compile"
+RENDER=1 stage mlp "$PY" -m pytest "${PYTEST[@]}" benchmarks/bench_fc.py --benchmark-only --junitxml="$LOGS/mlp.xml" \
+  -k "$FC_SELECT"
 
 # --- memcheck: compute-sanitizer over the CUDA extension's kernels ------------------------------
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2> /dev/null | head -1)
@@ -213,7 +217,7 @@ elif [ -z "$SAN" ]; then
   skip memcheck "compute-sanitizer not found"
 else
   stage memcheck "$SAN" --tool memcheck --error-exitcode 1 "$PY" -m pytest -q -x -p no:cacheprovider \
-    tests/test_qkv_projection_ext.py tests/test_linear_bias_gelu.py -k cuda_kernel
+    tests/test_qkv_projection_ext.py tests/test_linear_bias_gelu.py tests/test_mlp.py -k cuda_kernel
 fi
 
 echo "== pack ($(($(now) - T0)) s)"

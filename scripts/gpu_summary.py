@@ -146,7 +146,7 @@ def summarize(work, out, render):
         "tests": junit(os.path.join(work, "logs", "tests.xml")),
         "peers": {"measured": sorted({(r["extra_info"].get("group", "").split(" ")[0], r["extra_info"].get("provider"))
                                       for r in rows}),
-                  "skipped": sum((j["skips"] for j in (junit(os.path.join(work, "logs", f"{n}.xml")) for n in ("peers", "e2e", "qkv")) if j), [])},
+                  "skipped": sum((j["skips"] for j in (junit(os.path.join(work, "logs", f"{n}.xml")) for n in ("peers", "e2e", "qkv", "mlp")) if j), [])},
         "benchmark_rows": len(rows),
     }
     summary["headline"] = headline(summary, rows)

@@ -52,9 +52,9 @@ def test_a_wide_backend_applies_to_the_ops_that_have_it():
         with use_backend("triton"):  # says nothing about qkv_projection, which has no triton backend
             inner = fastgpt.report("cpu", n_embd=64, n_head=4)
     assert rep == {"attention": "reference", "bias_gelu": "reference", "layer_norm": "reference", "linear_bias_gelu": "cuda",
-                   "linear_cross_entropy": "reference", "qkv_projection": "cuda"}
+                   "linear_cross_entropy": "reference", "mlp": "cuda", "qkv_projection": "cuda"}
     assert inner == {"attention": "triton", "bias_gelu": "triton", "layer_norm": "triton", "linear_bias_gelu": "triton",
-                     "linear_cross_entropy": "triton",
+                     "linear_cross_entropy": "triton", "mlp": "triton",
                      "qkv_projection": "cuda"}
 
 
@@ -63,7 +63,7 @@ def test_a_wide_backend_that_cannot_run_here_still_raises(monkeypatch):
     with use_backend("triton"):
         rep = fastgpt.report("cpu", n_embd=64, n_head=4)
     assert rep["qkv_projection"] == "reference"
-    for op in ("attention", "bias_gelu", "layer_norm", "linear_bias_gelu", "linear_cross_entropy"):
+    for op in ("attention", "bias_gelu", "layer_norm", "linear_bias_gelu", "linear_cross_entropy", "mlp"):
         assert rep[op].startswith("error:") and "TRITON_INTERPRET=1" in rep[op], rep[op]
 
 
@@ -72,7 +72,7 @@ def test_model_config_backend_runs_the_ops_that_have_it():
     ref = fastgpt.GPT(fastgpt.GPTConfig(**config, backend="reference"))
     model = fastgpt.GPT(fastgpt.GPTConfig(**config, backend="cuda"))
     model.load_state_dict(ref.state_dict())
-    assert model.backends("cpu") == {"attention": "reference", "layer_norm": "reference", "linear_bias_gelu": "cuda", "qkv_projection": "cuda"}
+    assert model.backends("cpu") == {"attention": "reference", "layer_norm": "reference", "mlp": "cuda", "qkv_projection": "cuda"}
     assert fastgpt.GPT(fastgpt.GPTConfig(**config, fused_loss=True)).backends("cpu")["linear_cross_entropy"] == "reference"
     idx = torch.randint(0, 11, (2, 8))
     torch.testing.assert_close(model(idx, idx)[1], ref(idx, idx)[1], rtol=1e-5, atol=1e-6)

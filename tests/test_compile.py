@@ -32,9 +32,9 @@ def test_fullgraph_reference_aot_eager():
 
 def test_fullgraph_extension_op_aot_eager():
     """The C++ ops (fake functions, autograd) inside a full graph."""
-    _compiled_matches_eager({"qkv_projection": "cuda", "linear_bias_gelu": "cuda"}, "aot_eager")
+    _compiled_matches_eager({"qkv_projection": "cuda", "mlp": "cuda"}, "aot_eager")
 
 
 @pytest.mark.slow
 def test_fullgraph_inductor():
-    _compiled_matches_eager({"qkv_projection": "cuda", "linear_bias_gelu": "cuda"}, "inductor")
+    _compiled_matches_eager({"qkv_projection": "cuda", "mlp": "cuda"}, "inductor")

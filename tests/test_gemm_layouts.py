@@ -61,6 +61,12 @@ def _fc_operands(M, N, K, ld):
     return (M, K, N, N, lambda m, k, lb: m * ld + k, lambda n, k, lb: n * K + k, lambda m, n, lb: m * N + n, 1)
 
 
+def _fc_dgelu_operands(M, N, K, ld):
+    """The MLP backward's dGELU GEMM: dpre(m, n) = grad(m, k) Wp(k, n), grad (M, K) with row
+    stride ld, Wp = c_proj.weight (K, N) contiguous (B is N-major), dpre and pre (M, N)."""
+    return (M, K, N, N, lambda m, k, lb: m * ld + k, lambda n, k, lb: k * N + n, lambda m, n, lb: m * N + n, 1)
+
+
 # ---- Ampere path: every load and store of the traced CTAs ----
 
 def _code(*cols):
@@ -164,6 +170,14 @@ def test_sm80_fc_accesses(M, N, K, ld):
     _check_trace(loads, stores, _fc_operands(M, N, K, ld))
 
 
+@pytest.mark.parametrize("M,N,K,ld", [(1, 64, 16, 16), (130, 136, 40, 40), (257, 3072, 768, 776)])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_sm80_fc_dgelu_accesses(M, N, K, ld, approximate):
+    """The stores trace is also where the epilogue reads pre (the same layout and offsets)."""
+    loads, stores = _C._fc_dgelu_trace_sm80(M, N, K, ld, "bfloat16", approximate, [], False)
+    _check_trace(loads, stores, _fc_dgelu_operands(M, N, K, ld))
+
+
 @pytest.mark.parametrize("kind", ["qkv_fwd", "qkv_dx"])
 def test_sm80_qkv_offsets_need_64_bits(kind):
     """3*B*T*C > 2^31 (the head-split tensor: qkv_fwd's output, qkv_dx's input): the last CTA's
@@ -247,6 +261,19 @@ def test_sm90_fc_tma_descriptors(M, N, K, ld, approximate):
     assert plan["name"] == f"fc_gelu_{'erf' if approximate == 'none' else 'tanh'}_sm90_bf16"
     out = [("n", N, 1, 32), ("m", M, N, 128)]
     _check_tma(plan, {A_PTR: [("k", K, 1, 64), ("m", M, ld, 128)], B_PTR: [("k", K, 1, 64), ("n", N, K, 128)],
+                      D_PTR: out, AUX_PTR: out + [("l", 1, M * N, 1)]})
+
+
+@pytest.mark.parametrize("M,N,K,ld", [(1, 64, 16, 16), (130, 136, 40, 40), (2**20 + 3, 6400, 1600, 1608)])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_sm90_fc_dgelu_tma_descriptors(M, N, K, ld, approximate):
+    """The dGELU GEMM: grad K-major; c_proj.weight N-major as stored, (K, N), in boxes of 64 along
+    n (one 128-byte swizzle atom: two boxes per 128-wide tile); dpre stored and pre loaded through
+    the epilogue subtile's box; no other TMA tensor."""
+    plan = _C._fc_dgelu_plan_sm90(M, N, K, ld, "float16", approximate)
+    assert plan["name"] == f"fc_dgelu_{'erf' if approximate == 'none' else 'tanh'}_sm90_f16"
+    out = [("n", N, 1, 32), ("m", M, N, 128)]
+    _check_tma(plan, {A_PTR: [("k", K, 1, 64), ("m", M, ld, 128)], B_PTR: [("n", N, 1, 64), ("k", K, N, 64)],
                       D_PTR: out, AUX_PTR: out + [("l", 1, M * N, 1)]})
 
 

@@ -15,7 +15,7 @@ from fastgpt.kernels import tuning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPECTED = {"env": "ok", "carry": "ok", "install": "skipped", "build": "skipped", "ceilings": "ok", "tune": "ok",
-            "peers": "ok", "e2e": "ok", "tests": "ok", "qkv": "ok", "memcheck": "skipped"}
+            "peers": "ok", "e2e": "ok", "tests": "ok", "qkv": "ok", "mlp": "ok", "memcheck": "skipped"}
 
 
 def test_readme_shows_the_budgets_the_script_uses():
@@ -66,7 +66,7 @@ def test_out_is_what_the_device_tool_brings_back(dry_run):
         assert path.is_file() and re.fullmatch(r"[A-Za-z0-9._-]+", name) and path.stat().st_size < 16 << 20
     with tarfile.open(out / "logs.tar.gz") as tar:
         names = set(tar.getnames())
-    assert {f"logs/{s}.log" for s in ("env", "ceilings", "tune", "peers", "e2e", "tests", "qkv")} <= names
+    assert {f"logs/{s}.log" for s in ("env", "ceilings", "tune", "peers", "e2e", "tests", "qkv", "mlp")} <= names
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -1,6 +1,6 @@
 """fastgpt.ops.linear_bias_gelu against the fp32 oracle (output and every gradient): the
-extension's C++ twin here (the CUTLASS kernel on a GPU), the Triton path, bad input, and the
-MLP that uses it."""
+extension's C++ twin here (the CUTLASS kernel on a GPU), the Triton path and bad input. (The
+model's MLP calls fastgpt.ops.mlp, which runs this op's GEMM on cuda: tests/test_mlp.py.)"""
 import pytest
 import torch
 
@@ -88,22 +88,6 @@ def test_extension_checks_name_the_argument(args, match):
     """The C++ TORCH_CHECKs, reached by calling the registered op directly."""
     with pytest.raises(RuntimeError, match=match):
         torch.ops.fastgpt.linear_bias_gelu(*args())
-
-
-def test_mlp_uses_it_on_every_backend():
-    """The model's MLP through linear_bias_gelu on the cuda backend (the C++ twin here) matches
-    the reference backend, forward and backward."""
-    cfg = fastgpt.GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=16)
-    model = fastgpt.GPT(cfg)
-    idx = torch.randint(0, 11, (2, 8))
-    _, ref_loss = model(idx, idx)
-    ref_grads = torch.autograd.grad(ref_loss, list(model.parameters()))
-    with use_backend(linear_bias_gelu="cuda"):
-        _, loss = model(idx, idx)
-        grads = torch.autograd.grad(loss, list(model.parameters()))
-    torch.testing.assert_close(loss, ref_loss)
-    for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.gpu

@@ -55,7 +55,7 @@ def test_report_on_cuda_tensors_picks_triton():
         assert fastgpt.report("cpu")["layer_norm"] == "reference"  # auto never picks the interpreter
     else:
         rep = fastgpt.report("cuda", torch.bfloat16)
-        assert rep["layer_norm"] == rep["bias_gelu"] == rep["linear_bias_gelu"] == "triton"
+        assert rep["layer_norm"] == rep["bias_gelu"] == rep["linear_bias_gelu"] == rep["mlp"] == "triton"
 
 
 def _model():
@@ -64,7 +64,7 @@ def _model():
 
 def test_model_uses_the_kernels_and_matches_reference():
     model, idx = _model(), torch.randint(0, 23, (2, 16), device=DEVICE)
-    with fastgpt.use_backend(layer_norm="triton", linear_bias_gelu="triton"):
+    with fastgpt.use_backend(layer_norm="triton", mlp="triton"):
         loss = model(idx, idx)[1]
     loss.backward()
     ref_model = copy.deepcopy(model)
@@ -87,7 +87,7 @@ def test_kernels_called(monkeypatch):
             fn = getattr(mod, name)
             monkeypatch.setattr(mod, name, lambda *a, _fn=fn, _n=name, **k: (calls.append(_n), _fn(*a, **k))[1])
     model, idx = _model(), torch.randint(0, 23, (1, 8), device=DEVICE)
-    with fastgpt.use_backend(layer_norm="triton", linear_bias_gelu="triton"):
+    with fastgpt.use_backend(layer_norm="triton", mlp="triton"):
         model(idx, idx)[1].backward()
     assert set(calls) == {"layer_norm_fwd", "layer_norm_bwd", "bias_gelu_fwd", "bias_gelu_bwd"}
 
@@ -96,7 +96,7 @@ def test_compile_fullgraph_with_the_kernels():
     model, idx = _model(), torch.randint(0, 23, (2, 16), device=DEVICE)
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    with fastgpt.use_backend(layer_norm="triton", linear_bias_gelu="triton"):
+    with fastgpt.use_backend(layer_norm="triton", mlp="triton"):
         loss = compiled(idx, idx)[1]
         loss.backward()
         eager = model(idx, idx)[1]

@@ -39,7 +39,7 @@ def test_bad_input(call, exc, match):
 # interpreter (conftest.py switches it on without a GPU), the extension's C++ twin for cuda.
 BACKENDS = {"layer_norm": ("reference", "triton"), "bias_gelu": ("reference", "triton"),
             "attention": ("reference", "triton"), "qkv_projection": ("reference", "cuda"),
-            "linear_bias_gelu": ("reference", "triton", "cuda")}
+            "linear_bias_gelu": ("reference", "triton", "cuda"), "mlp": ("reference", "triton", "cuda")}
 
 
 def _t(*shape, dtype=torch.float32):
@@ -75,6 +75,16 @@ EDGE = {
         "K=0": (lambda: (_t(2, 3, 0), _t(64, 0), _t(64)), (ValueError, r"linear_bias_gelu: x's last dim \(K\) must be at least 1")),
         "N=0": (lambda: (_t(2, 3, 16), _t(0, 16), _t(0)), (ValueError, r"linear_bias_gelu: weight must be \(N, 16\) with N >= 1")),
         "approximate": (lambda: (_t(2, 3, 16), _t(64, 16), None, None), (ValueError, "approximate must be 'none'")),
+    },
+    "mlp": {
+        "T=0": (lambda: (_t(2, 0, 16), _t(64, 16), _t(64), _t(16, 64), _t(16)), None),
+        "B=0": (lambda: (_t(0, 3, 16), _t(64, 16), _t(64), _t(16, 64), _t(16)), None),
+        "no biases": (lambda: (_t(2, 3, 16), _t(64, 16), None, _t(16, 64), None), None),
+        "fp16 weights, fp32 x": (lambda: (_t(2, 3, 16), _t(64, 16, dtype=torch.float16), _t(64), _t(16, 64, dtype=torch.float16), None), None),
+        "C=0": (lambda: (_t(2, 3, 0), _t(64, 0), _t(64), _t(16, 64), None), (ValueError, r"mlp: x's last dim \(C\) must be at least 1")),
+        "N=0": (lambda: (_t(2, 3, 16), _t(0, 16), _t(0), _t(16, 0), None), (ValueError, r"mlp: fc_weight must be \(N, 16\) with N >= 1")),
+        "C_out=0": (lambda: (_t(2, 3, 16), _t(64, 16), None, _t(0, 64), None), (ValueError, r"mlp: proj_weight must be \(C_out, 64\) with C_out >= 1")),
+        "approximate": (lambda: (_t(2, 3, 16), _t(64, 16), None, _t(16, 64), None, None), (ValueError, "approximate must be 'none'")),
     },
     "attention": {
         "B=0": (lambda: (_t(0, 2, 4, 16),) * 3, None),
@@ -140,7 +150,7 @@ def test_model_refuses_empty_input_clearly(shape):
     model = fastgpt.GPT(fastgpt.GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=16))
     idx = torch.zeros(shape, dtype=torch.long)
     for backend in ("reference", "triton"):
-        with use_backend(attention=backend, layer_norm=backend, bias_gelu=backend, linear_bias_gelu=backend):
+        with use_backend(attention=backend, layer_norm=backend, bias_gelu=backend, linear_bias_gelu=backend, mlp=backend):
             with pytest.raises(ValueError, match=rf"idx must be \(B, T\) token ids with B >= 1 and 1 <= T <= 8, got shape \({shape[0]}, {shape[1]}\)"):
                 model(idx, idx)
 

@@ -271,7 +271,7 @@ def test_backend_for_the_whole_run(text_file, data_dir, tmp_path, monkeypatch, c
     the others on auto; a backend that cannot run here is one line, before any training."""
     summary = train(tiny(text_file, data_dir, tmp_path / "cuda", "--backend", "cuda", iters=2))
     assert summary["iters"] == 2
-    banner = "backends: attention=reference, layer_norm=reference, linear_bias_gelu=cuda, linear_cross_entropy=reference, qkv_projection=cuda"
+    banner = "backends: attention=reference, layer_norm=reference, linear_cross_entropy=reference, mlp=cuda, qkv_projection=cuda"
     assert banner in capsys.readouterr().out
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     msg = error_of(tiny(text_file, data_dir, tmp_path / "triton", "--backend", "triton"))
