@@ -4,6 +4,7 @@ Only the first process of a run writes."""
 import csv
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -147,6 +148,12 @@ class RunLog:
         """loss.png from log.csv and eval.csv; returns a note instead without matplotlib."""
         return plot_losses(self.out_dir)
 
+    def plot_in_background(self):
+        """Starts plot() in a separate process (matplotlib's import and drawing take ~1.5 s of
+        one core, overlapped with the sample); returns a function that waits for it and returns
+        plot()'s note, or what went wrong."""
+        return plot_in_background(self.out_dir)
+
 
 def plot_losses(out_dir):
     """loss.png from log.csv and eval.csv (skipped, with a note, without matplotlib)."""
@@ -172,6 +179,23 @@ def plot_losses(out_dir):
     return None
 
 
+def plot_in_background(out_dir):
+    """plot_losses(out_dir) in a fresh interpreter that runs this file alone (stdlib and
+    matplotlib: no torch import); returns wait() -> its note or None."""
+    code = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    proc = subprocess.Popen([sys.executable, "-c", code, os.path.abspath(__file__), out_dir],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait():
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            last = (err.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            return f"loss.png could not be drawn: {last}"
+        return out.strip() or None
+
+    return wait
+
+
 def wandb_run(enabled, project, name, config, say):
     """A Weights & Biases run (``wandb.init``) when ``enabled`` and the package imports; else None,
     with a note through ``say`` when it was asked for but wandb is missing."""
@@ -183,3 +207,7 @@ def wandb_run(enabled, project, name, config, say):
         say("note: wandb_log is set but the wandb package is not installed: no Weights & Biases logging (pip install wandb)")
         return None
     return wandb.init(project=project, name=name, config=config)
+
+
+if __name__ == "__main__":  # plot_in_background's child: python runlog.py OUT_DIR
+    print(plot_losses(sys.argv[1]) or "", end="")

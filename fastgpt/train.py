@@ -477,13 +477,15 @@ def finish(state, data, cfg, rt, log, preset, losses, elapsed):
                "checkpoint": os.path.join(cfg.out_dir, "ckpt.pt") if state.saved_iter is not None else None,
                "config": as_dict(cfg)}
     log.summary(summary)
-    note = log.plot() if cfg.plot else None
+    plotted = log.plot_in_background() if cfg.plot else None  # drawn on another core while the sample runs
+    if cfg.sample_chars > 0:
+        summary["sample"] = sample_text(state.model, data, cfg, rt)
+    note = plotted() if plotted else None
     rt.say(f"done: {state.iter_num} iterations in {elapsed:.1f} s, val loss {losses.get('val', float('nan')):.4f}; wrote "
            f"{cfg.out_dir}/{{ckpt.pt, log.csv, eval.csv, summary.json{', loss.png' if cfg.plot and not note else ''}}}")
     if note:
         rt.say(f"note: {note}")
-    if cfg.sample_chars > 0:
-        summary["sample"] = sample_text(state.model, data, cfg, rt)
+    if "sample" in summary:
         rt.say("sample:\n" + summary["sample"])
     return summary
 

@@ -70,3 +70,20 @@ def test_inactive_log_writes_nothing(tmp_path):
                 progress=True, log_interval=1) as log:
         log.step(0, 1.0, 1e-3, 0.1)
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_loss_png_is_drawn_in_another_process(tmp_path):
+    """plot_in_background: the child runs runlog.py alone (no torch import) and reports back;
+    a failure comes back as a note, not an exception or silence."""
+    pytest.importorskip("matplotlib")
+    with _log(tmp_path, io.StringIO()) as log:
+        for it in range(5):
+            log.step(it, 2.0 - it / 10, 1e-3, 0.04)
+        log.eval(5, {"train": 1.9, "val": 2.1}, 1e-3, 1.0)
+    wait = log.plot_in_background()
+    assert wait() is None
+    with open(tmp_path / "loss.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    os.remove(tmp_path / "log.csv")
+    note = log.plot_in_background()()
+    assert note.startswith("loss.png could not be drawn: FileNotFoundError") and "log.csv" in note
