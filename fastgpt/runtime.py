@@ -193,8 +193,14 @@ class Runtime:
             rt.threads = rt.tuner.best if rt.tuner else torch.get_num_threads()
         return rt
 
-    def close(self):
+    def close(self, finished=False):
+        """Ends the process group. ``finished``: the run ended normally on this process, so every
+        process reaches this point: they wait for each other first (the first process samples and
+        plots after the others are done), and none tears gloo down while a peer still talks to it.
+        Not after an error: a peer that never comes would hang the barrier."""
         if self.dist.enabled and torch.distributed.is_initialized():
+            if finished:
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
     def say(self, *args, **kwargs):

@@ -290,10 +290,13 @@ def train(argv=None):
         for note in notes:
             print(f"note: {note}")
     rt = Runtime.start(cfg.device, cfg.dtype, dist, cfg.threads, tune_every=cfg.eval_interval)
+    finished = False
     try:
-        return run(cfg, preset, ckpt, rt, init)
+        summary = run(cfg, preset, ckpt, rt, init)
+        finished = True
+        return summary
     finally:
-        rt.close()
+        rt.close(finished)
 
 
 def run(cfg, preset, ckpt, rt, init=None):
