@@ -135,6 +135,24 @@ def _sources(pattern):
     return sorted(glob.glob(os.path.join("csrc", pattern)), key=lambda p: ("sm90" not in p, "sm80" not in p, p))
 
 
+def _sources_header():
+    """build/generated/fastgpt_sources.h: the sha256 of csrc/ as built (module.cpp exposes it as
+    fastgpt._C.sources_sha256(), what a tuning table's backend choices are checked against; the
+    hash is kernels/tuning.py's csrc_sha256). Only module.cpp includes it, so a changed hash
+    recompiles that one unit; an unchanged one is not rewritten."""
+    spec = importlib.util.spec_from_file_location("_fastgpt_tuning", os.path.join(HERE, "kernels", "tuning.py"))
+    tuning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tuning)  # stdlib only: no torch, no triton
+    folder = os.path.join(HERE, "build", "generated")
+    os.makedirs(folder, exist_ok=True)
+    header = os.path.join(folder, "fastgpt_sources.h")
+    text = f'#pragma once\n#define FASTGPT_SOURCES_SHA256 "{tuning.csrc_sha256(os.path.join(HERE, "csrc"))}"\n'
+    if not os.path.exists(header) or open(header).read() != text:
+        with open(header, "w") as f:
+            f.write(text)
+    return folder
+
+
 def _configure(ext):
     """Fills in the placeholder extension for this machine; returns torch's BuildExtension."""
     skip = os.environ.get("FASTGPT_SKIP_CUDA_BUILD") == "1"
@@ -158,9 +176,10 @@ def _configure(ext):
 
     cpp_sources = _sources("*.cpp")
     cxx_flags = ["-O3"]  # torch picks the C++ standard its headers need
+    generated = _sources_header()
     if not with_cuda:
         log(f"building the CPU part of fastgpt._C only: {why}")
-        real = CppExtension(ext.name, cpp_sources, extra_compile_args={"cxx": cxx_flags})
+        real = CppExtension(ext.name, cpp_sources, include_dirs=[generated], extra_compile_args={"cxx": cxx_flags})
     else:
         nvcc = _nvcc_version(cuda_home)
         torch_cuda = tuple(int(x) for x in torch.version.cuda.split(".")[:2])
@@ -180,7 +199,7 @@ def _configure(ext):
         real = CUDAExtension(
             ext.name,
             _sources("*.cu") + cpp_sources,
-            include_dirs=[cutlass_include],
+            include_dirs=[cutlass_include, generated],
             define_macros=[("FASTGPT_WITH_CUDA", "1")],
             # Explicit -gencode flags: torch then adds none of its own (it skips any list with "arch").
             # -DNDEBUG as for the C++ units: CUTLASS's device-side asserts cost registers and calls.

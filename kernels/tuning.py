@@ -9,6 +9,10 @@ A table is one JSON file per device in ``kernels/tuned/`` (shipped as package da
      "kernels": {
        "attention.fwd": {"source": "<sha256 of kernels/attention.py>",
                          "entries": {"<key_string(...)>": {"config": {"BLOCK_M": 128, ...}, ...}}},
+       ...},
+     "backends": {                              # optional: which backend ``auto`` runs an op on
+       "mlp": {"source": "<fastgpt._C.sources_sha256() of the build measured>",
+               "entries": {"<key_string(...)>": {"backend": "cuda", ...}}},
        ...}}
 
 A launcher asks ``pick(kernel, device, key, candidates)``: with its candidates for the call
@@ -23,6 +27,10 @@ when a kernel family's recorded source hash differs from its module today (the k
 since the sweep: run it again), or when an entry names a config that is not among the
 launcher's candidates. Nothing here raises on a bad table.
 
+``backend_choice(op, device, key, source)``: for the ops whose ``cuda`` backend is a CUTLASS GEMM
+(``auto`` picks it only where a GPU measured it faster), the backend the table names for ``key``,
+or None: no entry, or one measured on another build of ``fastgpt._C`` (``source`` differs).
+
 ``FASTGPT_TUNED_DIR`` points the lookup at another folder (the GPU check uses the table it has
 just measured); ``FASTGPT_TUNED=0`` ignores every table. Tables, and the launchers' choices
 (``cached``), are read once per process: ``clear_cache()`` makes them read again.
@@ -35,6 +43,7 @@ import re
 import warnings
 
 SCHEMA = 1
+BACKENDS = ("reference", "triton", "cuda")
 PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned")
 CONFIG_FIELDS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
 
@@ -111,6 +120,16 @@ def validate(table) -> str | None:
             config = entry.get("config") if isinstance(entry, dict) else None
             if not (isinstance(config, dict) and config and all(isinstance(k, str) and _is_int(v) for k, v in config.items())):
                 return f"{name} entry {key!r} has no 'config' of integer fields"
+    backends = table.get("backends", {})
+    if not isinstance(backends, dict):
+        return "'backends' is not an object"
+    for op, choices in backends.items():
+        if not (isinstance(choices, dict) and isinstance(choices.get("source"), str)
+                and isinstance(choices.get("entries"), dict)):
+            return f"backends of {op!r} must hold a 'source' hash and an 'entries' object"
+        for key, entry in choices["entries"].items():
+            if not (isinstance(entry, dict) and entry.get("backend") in BACKENDS):
+                return f"backends of {op} entry {key!r} has no 'backend' among {BACKENDS}"
     return None
 
 
@@ -165,6 +184,45 @@ def lookup(kernel: str, device_name: str, capability, key: dict):
     return None if entry is None else entry["config"]
 
 
+def csrc_sha256(csrc_dir: str) -> str:
+    """sha256 over the files of a csrc/ folder (names and contents, line endings normalised): what
+    setup.py compiles into fastgpt._C.sources_sha256(), and scripts/harvest.py checks a table's
+    backend choices against."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(csrc_dir)):
+        path = os.path.join(csrc_dir, name)
+        if os.path.isfile(path):
+            digest.update(name.encode() + b"\0")
+            with open(path, "rb") as f:
+                digest.update(f.read().replace(b"\r\n", b"\n") + b"\0")
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _backend_choice(op, name, capability, key_str, source):
+    table = load_table(name, capability)
+    choices = None if table is None else table.get("backends", {}).get(op)
+    if choices is None:
+        return None
+    if choices["source"] != source:
+        _warn(os.path.join(tables_dir(), table_name(name, capability)),
+              f"the backend choices for {op} were measured on another build of fastgpt._C (csrc/ differs): "
+              f"run scripts/tune.py again")
+        return None
+    entry = choices["entries"].get(key_str)
+    return None if entry is None else entry["backend"]
+
+
+def backend_choice(op: str, device, key: dict, source: str):
+    """The backend the table says ``auto`` should run ``op`` on for ``key``, or None.
+
+    device: a CUDA ``torch.device`` or a ``(name, capability)`` pair; source: the running
+    ``fastgpt._C.sources_sha256()`` (entries measured on another build are not used). Memoised.
+    """
+    name, capability = device if isinstance(device, tuple) else device_identity(device.index)
+    return _backend_choice(op, name, tuple(int(c) for c in capability), key_string(key), source)
+
+
 @functools.lru_cache(maxsize=None)
 def device_identity(index: int):
     """(name, (major, minor)) of CUDA device ``index``."""
@@ -208,6 +266,7 @@ def clear_cache():
     (tests; a table rewritten in place)."""
     _load.cache_clear()
     _source_hash.cache_clear()
+    _backend_choice.cache_clear()
     for memo in _choices:
         memo.cache_clear()
     _warned.clear()

@@ -41,7 +41,7 @@ if [ "$DRY" = 1 ]; then
 fi
 
 # name:budget seconds, in the order they run (the CUDA build runs beside tune, peers and e2e).
-STAGES=(env:15 carry:5 install:35 ceilings:15 tune:85 peers:75 e2e:120 build-wait:5 tests:65 qkv:15 mlp:10 memcheck:25 pack:10)
+STAGES=(env:15 carry:5 install:35 ceilings:15 tune:85 peers:75 e2e:115 build-wait:5 backends:10 tests:60 qkv:15 mlp:10 memcheck:25 pack:10)
 T0=$(date +%s)
 SLACK=0
 echo "== gpu_check$([ "$DRY" = 1 ] && echo " --dry-run (limits x$SCALE)"): total budget ${TOTAL} s on ${CORES} cores; stages (budget s):"
@@ -192,6 +192,12 @@ if [ -n "$BUILD_PID" ]; then
     record build 300 "$(($(now) - BUILD_START))" "$rc" "$([ "$rc" = 0 ] && echo ok || echo failed)" "in the background"
   fi
 fi
+
+# --- backends: the GEMM ops (qkv_projection, linear_bias_gelu, mlp) on the CUTLASS kernels against
+# what auto runs without a measurement, into the tuning table's backend choices (scripts/tune.py)
+BACKENDS_ARGS=(--backends --out "$OUT" --budget $(( $(budget_of backends) * SCALE - 2 )))
+[ "$DRY" = 1 ] && BACKENDS_ARGS+=(--dry-run)
+TAIL_LINES=10 stage backends "$PY" scripts/tune.py "${BACKENDS_ARGS[@]}"
 
 # --- tests: the suite on CUDA (the AOT compile tests and scripts/sass_report.py are the CPU ------
 # machine's: they read compiler output, which Triton 3.6 produces there just the same)

@@ -102,9 +102,11 @@ def tuning(out_dir):
             kernels[name] = {"entries": len(fam["entries"]), "not_default": changed,
                              "median_speedup": round(statistics.median(speedups), 3) if speedups else None,
                              "best_speedup": max(speedups) if speedups else None}
+        backends = {op: {key: {"backend": e.get("backend"), "speedup": e.get("speedup")} for key, e in c.get("entries", {}).items()}
+                    for op, c in table.get("backends", {}).items() if isinstance(c, dict)}
         prov = table.get("provenance", {})
         return {"file": os.path.basename(path), "device": table.get("device"), "complete": prov.get("complete"),
-                "points": prov.get("points"), "elapsed_s": prov.get("elapsed_s"), "kernels": kernels,
+                "points": prov.get("points"), "elapsed_s": prov.get("elapsed_s"), "kernels": kernels, "backends": backends,
                 "rejected": prov.get("rejected", []), "errors": prov.get("errors", [])}
     return None
 

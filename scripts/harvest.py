@@ -69,6 +69,8 @@ def check_table(path):
     if problem:
         return problem
     stale = [name for name, fam in table["kernels"].items() if fam["source"] != tuning.source_hash(name.split(".")[0])]
+    csrc = tuning.csrc_sha256(os.path.join(ROOT, "csrc"))
+    stale += [f"backends of {op}" for op, choices in table.get("backends", {}).items() if choices["source"] != csrc]
     if stale:
         return f"measured on other kernel sources than this checkout's ({', '.join(stale)}): re-run the sweep"
     return None

@@ -3,6 +3,7 @@
 
     python scripts/tune.py --out DIR [--budget SECONDS] [--workers N]
     python scripts/tune.py --dry-run --out DIR     # CPU: interpreter, tiny shapes, host timers
+    python scripts/tune.py --backends --out DIR    # the GEMM ops' backends (needs fastgpt._C's CUDA part)
 
 Kernels and ladders (each kernel module's tuning interface: TUNABLE, config_candidates,
 tuning_key, launch_with_config):
@@ -25,6 +26,14 @@ every point, so a sweep stopped at any moment leaves a valid table of what it fi
 Before timing, --workers processes launch every (point, kernel, config) once, sharded by
 compiled kernel, so Triton's compile cache is warm when the timing starts: compiling ~200
 kernels one after another would take minutes.
+
+--backends times, instead, the ops whose ``cuda`` backend is a CUTLASS GEMM (qkv_projection,
+linear_bias_gelu, mlp) fwd+bwd on ``cuda`` against what ``auto`` runs without a measurement
+(cuBLAS + view; F.linear + the Triton bias+GELU kernel), at GPT-2 small and XL widths, 16K tokens,
+bf16; ``cuda`` becomes the table's choice for a shape where it is at least 3% faster and its output
+and every gradient pass the 2x rule. The choices go into the table's "backends" section (merged
+into the file already at DIR), tagged with fastgpt._C.sources_sha256(): a build from other
+sources ignores them. The GPU check runs it once the CUDA build is in.
 
 The table, DIR/<sm>-<device>.json (see fastgpt.kernels.tuning), goes into kernels/tuned/ via
 scripts/harvest.py. --dry-run runs the same code on the CPU under the Triton interpreter with
@@ -56,6 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=None, help="timed runs per candidate (default 15; dry run 2)")
     p.add_argument("--only", default="", help="comma-separated families (attention, layer_norm, bias_gelu)")
     p.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny shapes")
+    p.add_argument("--backends", action="store_true", help="time the GEMM ops' backends instead (see above)")
     p.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # i/n: a warm-up worker
     args = p.parse_args(argv)
     if args.reps is None:
@@ -80,7 +90,7 @@ from fastgpt.kernels import bias_gelu as G  # noqa: E402
 from fastgpt.kernels import layer_norm as L  # noqa: E402
 from fastgpt.kernels import tuning  # noqa: E402
 from fastgpt.kernels.limits import SHARED_MEMORY_PER_BLOCK  # noqa: E402
-from helpers import assert_2x_rule  # noqa: E402  (the one home of the 2x rule)
+from helpers import assert_2x_rule, check_2x_rule  # noqa: E402  (the one home of the 2x rule)
 
 DEVICE = torch.device("cpu") if ARGS.dry_run else torch.device("cuda", 0)
 NAN = float("nan")
@@ -492,9 +502,120 @@ def warm_up(args, deadline, log):
     return sum(p.returncode == 0 for p in procs)
 
 
+# ---------------------------------------------------------------------------------------------
+# --backends: which backend auto runs the GEMM ops on
+
+
+class BackendPoint:
+    """One op at one shape: its inputs, the upstream gradient, the backend auto runs without a
+    measurement (``default``), the table key (the op's own, fastgpt.ops.*._auto_order)."""
+
+    def __init__(self, op, tokens, C, dtype, default):
+        from fastgpt.ops import _extension
+
+        self.op, self.default, self.dtype = op, default, dtype
+        kw = dict(device=DEVICE, dtype=dtype)
+
+        def weight(rows, cols):
+            return torch.randn(rows, cols, **kw) / cols**0.5
+
+        x = torch.randn(tokens, C, **kw)
+        if op == "qkv_projection":
+            T = min(1024, tokens)
+            self.inputs = [x.view(tokens // T, T, C), weight(3 * C, C), torch.randn(3 * C, **kw) * 0.1]
+            self.extra, out = (C // 64,), (3, tokens // T, C // 64, T, 64)
+            self.key = {"dtype": dtype, "C": C, "H": C // 64, "tokens": tuning.bucket(tokens)}
+        elif op == "linear_bias_gelu":
+            self.inputs, self.extra, out = [x, weight(4 * C, C), torch.randn(4 * C, **kw) * 0.1], (), (tokens, 4 * C)
+            self.key = _extension.fc_key(x, 4 * C)
+        else:
+            self.inputs = [x, weight(4 * C, C), torch.randn(4 * C, **kw) * 0.1, weight(C, 4 * C), torch.randn(C, **kw) * 0.1]
+            self.extra, out = (), (tokens, C)
+            self.key = _extension.fc_key(x, 4 * C)
+        self.dy = torch.randn(*out, **kw)
+        self.describe = f"{op} tokens={tokens} C={C} {_dtype_name(dtype)}"
+
+    def call(self, backend, xs):
+        import fastgpt
+
+        with fastgpt.use_backend(**{self.op: backend}):
+            y = getattr(fastgpt.ops, self.op)(*xs, *self.extra)
+        return torch.stack(y) if isinstance(y, tuple) else y
+
+    def step(self, backend):
+        """fwd+bwd once."""
+        xs = [t.detach().requires_grad_() for t in self.inputs]
+        torch.autograd.grad(self.call(backend, xs), xs, self.dy)
+
+    def check(self, backend):
+        check_2x_rule(lambda xs, kernel: self.call(backend if kernel else "reference", xs), self.inputs, self.dy,
+                      self.dtype, ("y",) + tuple(f"d{i}" for i in range(len(self.inputs))))
+
+
+def backend_points(dry):
+    if dry:
+        return [BackendPoint(op, 64, 64, torch.float32, default) for op, default in
+                (("mlp", "reference"), ("linear_bias_gelu", "reference"), ("qkv_projection", "reference"))]
+    return [BackendPoint(op, 16384, C, torch.bfloat16, default) for C in (768, 1600) for op, default in
+            (("mlp", "triton"), ("qkv_projection", "reference"), ("linear_bias_gelu", "triton"))]
+
+
+def tune_backends(args, log):
+    """Time each point's ``cuda`` backend against its default; merge the choices into the table."""
+    from fastgpt.ops._extension import _C
+
+    t0, deadline = time.time(), time.time() + args.budget
+    if _C is None or (DEVICE.type == "cuda" and not _C.cuda_built()):
+        log("tune --backends: fastgpt._C has no CUDA part here: nothing to time")
+        return 1
+    name, cap = device_identity()
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, tuning.table_name(name, cap))
+    table = None
+    if os.path.exists(path):
+        with open(path) as f:
+            table = json.load(f)
+    if table is None or tuning.validate(table) is not None or table["device"] != {"name": name, "capability": list(cap)}:
+        table = new_table([], args, datetime.datetime.now(datetime.timezone.utc))
+    table.setdefault("backends", {})
+    timer = Timer(args.reps)
+    for pt in backend_points(args.dry_run):
+        if time.time() > deadline:
+            log("tune --backends: budget spent")
+            break
+        ms = {}
+        for backend in (pt.default, "cuda"):
+            try:
+                ms[backend] = timer.median_ms(lambda i, b=backend, pt=pt: pt.step(b), 1)
+            except Exception as e:  # reported, never fatal: the default stays the choice
+                log(f"  ! {pt.describe} {backend}: {type(e).__name__}: {e}"[:400])
+        choice, note = pt.default, ""
+        if "cuda" in ms and pt.default in ms and ms["cuda"] < 0.97 * ms[pt.default]:
+            try:
+                pt.check("cuda")
+                choice = "cuda"
+            except AssertionError as e:
+                note = f" (cuda rejected: {str(e).splitlines()[0][:200]})"
+        entry = {"backend": choice, "ms": {b: round(t, 5) for b, t in ms.items()}}
+        if len(ms) == 2:
+            entry["speedup"] = round(ms[pt.default] / ms["cuda"], 3)
+        choices = table["backends"].setdefault(pt.op, {"source": _C.sources_sha256(), "entries": {}})
+        choices["source"] = _C.sources_sha256()
+        choices["entries"][tuning.key_string(pt.key)] = entry
+        write_table(table, path)
+        log(f"  {pt.describe:40s} -> {choice}  " + ", ".join(f"{b} {t:.4f} ms" for b, t in ms.items()) + note)
+    log(f"tune --backends: {sum(len(c['entries']) for c in table['backends'].values())} choices in "
+        f"{time.time() - t0:.0f} s -> {path}")
+    return 0
+
+
 def main(args):
     def log(msg):
         print(msg, flush=True)
+
+    if args.backends:
+        torch.manual_seed(0)
+        return tune_backends(args, log)
 
     families = set(filter(None, args.only.split(",")))
     targets = [T(args.dry_run) for T in TARGETS if not families or T.family in families]

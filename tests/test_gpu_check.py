@@ -15,7 +15,7 @@ from fastgpt.kernels import tuning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPECTED = {"env": "ok", "carry": "ok", "install": "skipped", "build": "skipped", "ceilings": "ok", "tune": "ok",
-            "peers": "ok", "e2e": "ok", "tests": "ok", "qkv": "ok", "mlp": "ok", "memcheck": "skipped"}
+            "peers": "ok", "e2e": "ok", "backends": "ok", "tests": "ok", "qkv": "ok", "mlp": "ok", "memcheck": "skipped"}
 
 
 def test_readme_shows_the_budgets_the_script_uses():

@@ -153,3 +153,29 @@ def test_cuda_refuses_unaligned_features_with_a_reason():
         with pytest.raises(fastgpt.BackendError, match="multiples of 8"):
             mlp(**args)
     assert fastgpt.backend_for("mlp", *args.values()) != "cuda"
+
+
+@pytest.mark.gpu
+def test_auto_runs_cuda_where_the_table_measured_it_faster(tmp_path, monkeypatch):
+    """A table whose backend choices name cuda for this shape (as scripts/tune.py --backends
+    writes it for this build) moves auto onto the CUTLASS path there, and nowhere else."""
+    import json
+
+    from fastgpt.kernels import tuning
+    from fastgpt.ops import _extension
+
+    args = {k: None if v is None else v.to("cuda", torch.bfloat16) for k, v in _mlp_args(C=64, N=256, C_out=64).items()}
+    name, cap = torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0)
+    key = _extension.fc_key(args["x"], 256)
+    table = {"schema": tuning.SCHEMA, "device": {"name": name, "capability": list(cap)}, "kernels": {},
+             "backends": {"mlp": {"source": _C.sources_sha256(),
+                                  "entries": {tuning.key_string(key): {"backend": "cuda"}}}}}
+    (tmp_path / tuning.table_name(name, cap)).write_text(json.dumps(table))
+    monkeypatch.setenv("FASTGPT_TUNED_DIR", str(tmp_path))
+    tuning.clear_cache()
+    try:
+        assert fastgpt.backend_for("mlp", *args.values()) == "cuda"
+        other = {**args, "x": torch.randn(300, 64, device="cuda", dtype=torch.bfloat16)}  # another rows bucket
+        assert fastgpt.backend_for("mlp", *other.values()) == "triton"
+    finally:
+        tuning.clear_cache()

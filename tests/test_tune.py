@@ -63,3 +63,27 @@ def test_spent_budget_leaves_a_valid_table(tmp_path):
     prov = table["provenance"]
     assert not prov["complete"] and prov["points"] == {"done": 0, "total": 1}
     assert all(not fam["entries"] for fam in table["kernels"].values())
+
+
+def test_backends_dry_run_merges_its_choices_into_the_table(tmp_path, monkeypatch, clean_tuning):
+    """--backends (here: the C++ twin against the reference, tiny shapes) adds a "backends" section
+    to the table already in --out, tagged with this build's sources, each choice read back by the
+    loader under the key the ops ask with."""
+    from fastgpt.ops import _extension
+
+    sweep(tmp_path, "--only", "bias_gelu", "--workers", "0")
+    table, log, out = sweep(tmp_path, "--backends")
+    assert tuning.validate(table) is None
+    assert set(table["kernels"]) == {"bias_gelu.fwd", "bias_gelu.bwd"}  # the sweep's entries stay
+    assert set(table["backends"]) == {"mlp", "linear_bias_gelu", "qkv_projection"}
+    monkeypatch.setenv("FASTGPT_TUNED_DIR", str(out))
+    x = torch.empty(64, 64)
+    for op, choices in table["backends"].items():
+        assert choices["source"] == _extension._C.sources_sha256()
+        (key, entry), = choices["entries"].items()
+        assert entry["backend"] in ("reference", "cuda") and set(entry["ms"]) == {"reference", "cuda"}
+        assert entry["backend"] == ("cuda" if entry["ms"]["cuda"] < 0.97 * entry["ms"]["reference"] else "reference")
+        want = {"dtype": torch.float32, "C": 64, "H": 1, "tokens": 64} if op == "qkv_projection" else _extension.fc_key(x, 256)
+        assert key == tuning.key_string(want)
+        assert tuning.backend_choice(op, DRY, want, _extension._C.sources_sha256()) == entry["backend"]
+        assert f"{op} tokens=64 C=64 float32" in log

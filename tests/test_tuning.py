@@ -132,6 +132,62 @@ def test_malformed_table_warns_once_and_falls_back(tables, case):
     assert len(record) == 1 and str(path) in str(record[0].message)
 
 
+# ---- backend choices: which backend auto runs the GEMM ops on (scripts/tune.py --backends)
+
+MLP_KEY = {"dtype": torch.bfloat16, "K": 768, "N": 3072, "rows": 16384}
+SOURCES = "a" * 64  # stands in for fastgpt._C.sources_sha256()
+
+
+def with_backends(op="mlp", key=MLP_KEY, backend="cuda", source=SOURCES, table=None):
+    table = dict(table or _good())
+    table["backends"] = {op: {"source": source, "entries": {tuning.key_string(key): {"backend": backend, "ms": {}}}}}
+    return table
+
+
+def test_backend_choice_hit_miss_and_other_build(tables):
+    tables(with_backends())
+    assert tuning.backend_choice("mlp", H200, MLP_KEY, SOURCES) == "cuda"
+    assert tuning.backend_choice("mlp", H200, {**MLP_KEY, "rows": 8192}, SOURCES) is None  # no entry
+    assert tuning.backend_choice("qkv_projection", H200, MLP_KEY, SOURCES) is None  # no choices for that op
+    assert tuning.backend_choice("mlp", ("NVIDIA H100", (9, 0)), MLP_KEY, SOURCES) is None  # no table
+    assert pick_ln() is LN_TUNED  # the configs of the same table still apply
+    with pytest.warns(tuning.TunedTableWarning, match="another build of fastgpt._C"):
+        assert tuning.backend_choice("mlp", H200, MLP_KEY, "b" * 64) is None
+
+
+@pytest.mark.parametrize("bad", [{"backends": []}, with_backends(backend="cutlass"),
+                                 {"backends": {"mlp": {"entries": {}}}}])
+def test_malformed_backend_choices(tables, bad):
+    tables({**_good(), **bad})
+    with pytest.warns(tuning.TunedTableWarning, match="ignoring tuning table"):
+        assert tuning.backend_choice("mlp", H200, MLP_KEY, SOURCES) is None
+
+
+@pytest.mark.parametrize("op", ["mlp", "linear_bias_gelu", "qkv_projection"])
+def test_auto_order_follows_the_backend_choice(monkeypatch, op):
+    """Each GEMM op's auto order asks the table for its key, and puts a named backend first."""
+    import importlib
+
+    from fastgpt.ops import _extension
+
+    module = importlib.import_module(f"fastgpt.ops.{op}")
+    asked = []
+    for answer, expected in ((None, {"mlp": ("triton",), "linear_bias_gelu": ("triton",), "qkv_projection": ()}[op]),
+                             ("cuda", {"mlp": ("cuda", "triton"), "linear_bias_gelu": ("cuda", "triton"),
+                                       "qkv_projection": ("cuda",)}[op])):
+        monkeypatch.setattr(_extension, "tuned_backend", lambda o, x, key, a=answer: asked.append((o, key)) or a)
+        x = types.SimpleNamespace(is_cuda=True, shape=(4, 1024, 768), numel=lambda: 4 * 1024 * 768,
+                                  device=torch.device("cpu"), dtype=torch.bfloat16)
+        w = torch.empty(3072 if op != "qkv_projection" else 2304, 768)
+        args = (x, w, None, 12) if op == "qkv_projection" else (x, w, None, torch.empty(768, 3072), None) \
+            if op == "mlp" else (x, w, None)
+        assert module._auto_order(*args) == expected
+    want = {"dtype": torch.bfloat16, "C": 768, "H": 12, "tokens": 4096} if op == "qkv_projection" else \
+        {"dtype": torch.bfloat16, "K": 768, "N": 3072, "rows": 4096}
+    assert asked == [(op, want)] * 2
+    assert module._auto_order(torch.empty(4, 768), w, None, *args[3:]) == ()  # CPU tensors: reference
+
+
 def test_same_table_same_choice_across_reloads(tables):
     tables(table_for("layer_norm.fwd", LN_KEY, LN_TUNED))
     first = pick_ln()

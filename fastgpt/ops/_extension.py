@@ -2,6 +2,9 @@
 cannot run a call (the same for every such op)."""
 import torch
 
+from fastgpt.kernels import tuning
+from fastgpt.ops import _checks
+
 try:
     from fastgpt import _C
     ERROR = None
@@ -24,3 +27,20 @@ def why_not(x, unsupported, *args):
     if torch.compiler.is_compiling():
         return None  # a compiled call is checked by the op as it runs
     return getattr(_C, unsupported)(*args) or None
+
+
+def tuned_backend(op, x, key):
+    """The backend a GPU measurement (the tuning table's backend choices, measured by
+    scripts/tune.py against this very build of fastgpt._C) names for this CUDA call, or None: no
+    table, no entry for ``key``, another build, not a CUDA call, or inside torch.compile (whose
+    traced code reads no files: compiled models keep the untuned ``auto`` order)."""
+    if _C is None or not x.is_cuda or not _C.cuda_built() or torch.compiler.is_compiling():
+        return None
+    return tuning.backend_choice(op, x.device, key, _C.sources_sha256())
+
+
+def fc_key(x, out_features):
+    """The tuning key of a c_fc-shaped call (linear_bias_gelu, mlp): compute dtype, in and out
+    features, rows bucketed to a power of two."""
+    rows = x.numel() // max(1, x.shape[-1])
+    return {"dtype": _checks.compute_dtype(x), "K": x.shape[-1], "N": out_features, "rows": tuning.bucket(rows)}

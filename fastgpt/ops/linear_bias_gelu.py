@@ -6,10 +6,10 @@ applies the GELU (fp16/bf16 on GPUs: TMA + wgmma on Hopper, cp.async + mma.sync 
 cuBLAS for fp32), and its C++ twin on CPU tensors. ``triton`` is ``F.linear`` followed by the
 Triton bias+GELU kernel (``fastgpt.ops.bias_gelu``'s), and ``reference`` plain PyTorch.
 
-``auto`` picks the CUTLASS GEMM only where a GPU measurement (the tuning table, issue #13) says
-it is faster than ``F.linear`` + the Triton kernel. No such measurement exists yet (nothing of
-the CUDA path has run on a GPU), so ``auto`` keeps today's choice: ``triton`` on CUDA tensors,
-``reference`` elsewhere. Force ``cuda`` to run the GEMM.
+``auto`` picks the CUTLASS GEMM only where a GPU measurement (the tuning table's backend choices,
+``scripts/tune.py``) says it is faster than ``F.linear`` + the Triton kernel. No such measurement
+exists yet (nothing of the CUDA path has run on a GPU), so without one ``auto`` keeps
+``triton`` on CUDA tensors, ``reference`` elsewhere. Force ``cuda`` to run the GEMM.
 """
 from typing import Optional
 
@@ -45,8 +45,12 @@ def _why_not(name, x, weight, bias, approximate="none"):
 
 
 def _auto_order(x, weight, bias, approximate="none"):
-    # No tuning-table entry says the CUTLASS GEMM is faster anywhere yet (see the module doc).
-    return ("triton",) if x.is_cuda else ()
+    """The CUTLASS GEMM where the tuning table's backend choices name it for this shape (see the
+    module doc); else F.linear + the Triton kernel on CUDA."""
+    if not x.is_cuda:
+        return ()
+    tuned = _extension.tuned_backend("linear_bias_gelu", x, _extension.fc_key(x, weight.shape[0]))
+    return (tuned, "triton") if tuned else ("triton",)
 
 
 def _probe(device, dtype, B, T, C, H):

@@ -11,7 +11,8 @@ Backends: ``cuda`` is the extension op ``torch.ops.fastgpt.mlp`` (csrc/linear_bi
 C++ twin on CPU tensors). ``triton`` is ``linear_bias_gelu``'s Triton path (``F.linear`` + the
 Triton bias+GELU kernel) then ``F.linear``, and ``reference`` plain PyTorch. ``auto`` picks as
 ``linear_bias_gelu`` does: the CUTLASS path only where a GPU measurement says it is faster (none
-yet), so ``triton`` on CUDA tensors and ``reference`` elsewhere.
+yet), so ``triton`` on CUDA tensors and ``reference`` elsewhere, unless the device's tuning
+table names a backend for the call's shape (``scripts/tune.py`` times ``cuda`` against ``triton``).
 """
 from typing import Optional
 
@@ -53,9 +54,13 @@ def _why_not(name, x, fc_weight, fc_bias, proj_weight, proj_bias, approximate="n
     return _extension.why_not(x, "mlp_unsupported", *args, approximate)
 
 
-def _auto_order(x, *args):
-    # No tuning-table entry says the CUTLASS GEMMs are faster anywhere yet (see the module doc).
-    return ("triton",) if x.is_cuda else ()
+def _auto_order(x, fc_weight, *args):
+    """The CUTLASS path where the tuning table's backend choices (scripts/tune.py, measured on a
+    GPU against this build) name it for this shape; else F.linear + the Triton kernel on CUDA."""
+    if not x.is_cuda:
+        return ()
+    tuned = _extension.tuned_backend("mlp", x, _extension.fc_key(x, fc_weight.shape[0]))
+    return (tuned, "triton") if tuned else ("triton",)
 
 
 def _probe(device, dtype, B, T, C, H):

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from fastgpt import backends, reference
+from fastgpt.kernels import tuning
 from fastgpt.ops import _checks, _extension
 from fastgpt.ops._extension import _C
 
@@ -31,10 +32,15 @@ def _why_not(name, x, weight, bias, n_head):
 
 
 def _auto_order(x, weight, bias, n_head):
-    """``auto`` runs a call on the CUTLASS kernels only where a GPU measurement (the tuning table,
-    issue #13) says they beat cuBLAS + view. The table has no entries yet, so ``auto`` keeps
-    cuBLAS (``reference``) everywhere; force ``cuda`` to run the kernels."""
-    return ()
+    """``auto`` runs a call on the CUTLASS kernels only where a GPU measurement (the tuning table's
+    backend choices, ``scripts/tune.py``) says they beat cuBLAS + view; without one it keeps
+    cuBLAS (``reference``); force ``cuda`` to run the kernels."""
+    if not x.is_cuda:
+        return ()
+    key = {"dtype": _checks.compute_dtype(x), "C": x.shape[-1], "H": n_head,
+           "tokens": tuning.bucket(x.numel() // max(1, x.shape[-1]))}
+    tuned = _extension.tuned_backend("qkv_projection", x, key)
+    return (tuned,) if tuned else ()
 
 
 def _probe(device, dtype, B, T, C, H):
