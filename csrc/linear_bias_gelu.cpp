@@ -159,7 +159,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_forward(const at::Tensor& x, 
 }
 
 void check_mlp_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& fc_weight,
-                        const at::Tensor& pre, const at::Tensor& act, const at::Tensor& proj_weight) {
+                        const at::Tensor& pre, const at::Tensor& act, const at::Tensor& proj_weight,
+                        c10::string_view approximate) {
+  check_mlp_args(x, fc_weight, std::nullopt, proj_weight, std::nullopt, approximate);
   check_backward(act, x, fc_weight, pre);
   const auto shape = out_shape(x, proj_weight.size(0));
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(shape) && grad.scalar_type() == x.scalar_type(),
@@ -182,8 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_backw
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& fc_weight, const at::Tensor& pre,
     const at::Tensor& act, const at::Tensor& proj_weight, bool fc_has_bias, bool proj_has_bias,
     c10::string_view approximate) {
-  check_mlp_args(x, fc_weight, std::nullopt, proj_weight, std::nullopt, approximate);
-  check_mlp_backward(grad, x, fc_weight, pre, act, proj_weight);
+  check_mlp_backward(grad, x, fc_weight, pre, act, proj_weight, approximate);
   const auto g2 = rows_of(grad);
   const auto dact = at::mm(g2, proj_weight);  // c_proj's dx
   auto dpre = is_tanh(approximate)
@@ -260,19 +261,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_backw
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& fc_weight, const at::Tensor& pre,
     const at::Tensor& act, const at::Tensor& proj_weight, bool fc_has_bias, bool proj_has_bias,
     c10::string_view approximate) {
-  check_mlp_args(x, fc_weight, std::nullopt, proj_weight, std::nullopt, approximate);
-  check_mlp_backward(grad, x, fc_weight, pre, act, proj_weight);
+  check_mlp_backward(grad, x, fc_weight, pre, act, proj_weight, approximate);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto g2 = kernel_ready(rows_of(grad)), p2 = rows_of(pre).contiguous(), wp = proj_weight.contiguous();
   const int64_t rows = g2.size(0), N = p2.size(1), K = g2.size(1);
   const auto dev = device_info();
-  bool kernel = uses_kernels(x) && rows > 0 && N > 0 && K > 0 && aligned16(p2) && aligned16(wp);
-  gemm::FcProblem prob{rows, int(N), int(K), rows == 1 ? K : g2.stride(0), gemm::DType::f16, gemm::Gelu::erf};
-  if (kernel) {
-    prob.dtype = gemm_dtype(x);
-    prob.gelu = is_tanh(approximate) ? gemm::Gelu::tanh : gemm::Gelu::erf;
-    kernel = gemm::fc_unsupported(prob, dev.family, g2.data_ptr()).empty();
-  }
+  const gemm::FcProblem prob{rows, int(N), int(K), rows == 1 ? K : g2.stride(0), gemm_dtype(x),
+                             is_tanh(approximate) ? gemm::Gelu::tanh : gemm::Gelu::erf};
+  const bool kernel = uses_kernels(x) && rows > 0 && N > 0 && K > 0 && aligned16(p2) && aligned16(wp) &&
+                      gemm::fc_unsupported(prob, dev.family, g2.data_ptr()).empty();
   at::Tensor dpre;
   if (kernel) {
     dpre = at::empty({rows, N}, x.options());

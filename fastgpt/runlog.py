@@ -144,14 +144,10 @@ class RunLog:
         with open(os.path.join(self.out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
 
-    def plot(self):
-        """loss.png from log.csv and eval.csv; returns a note instead without matplotlib."""
-        return plot_losses(self.out_dir)
-
     def plot_in_background(self):
-        """Starts plot() in a separate process (matplotlib's import and drawing take ~1.5 s of
+        """Starts plot_losses() in a separate process (matplotlib's import and drawing take ~1.5 s of
         one core, overlapped with the sample); returns a function that waits for it and returns
-        plot()'s note, or what went wrong."""
+        plot_losses()' note, or what went wrong."""
         return plot_in_background(self.out_dir)
 
 

@@ -524,7 +524,7 @@ class BackendPoint:
             T = min(1024, tokens)
             self.inputs = [x.view(tokens // T, T, C), weight(3 * C, C), torch.randn(3 * C, **kw) * 0.1]
             self.extra, out = (C // 64,), (3, tokens // T, C // 64, T, 64)
-            self.key = {"dtype": dtype, "C": C, "H": C // 64, "tokens": tuning.bucket(tokens)}
+            self.key = _extension.qkv_key(self.inputs[0], C // 64)
         elif op == "linear_bias_gelu":
             self.inputs, self.extra, out = [x, weight(4 * C, C), torch.randn(4 * C, **kw) * 0.1], (), (tokens, 4 * C)
             self.key = _extension.fc_key(x, 4 * C)

@@ -39,8 +39,17 @@ def tuned_backend(op, x, key):
     return tuning.backend_choice(op, x.device, key, _C.sources_sha256())
 
 
+def _rows(x):
+    """x's rows (all dims but the last), bucketed to a power of two."""
+    return tuning.bucket(x.numel() // max(1, x.shape[-1]))
+
+
 def fc_key(x, out_features):
     """The tuning key of a c_fc-shaped call (linear_bias_gelu, mlp): compute dtype, in and out
     features, rows bucketed to a power of two."""
-    rows = x.numel() // max(1, x.shape[-1])
-    return {"dtype": _checks.compute_dtype(x), "K": x.shape[-1], "N": out_features, "rows": tuning.bucket(rows)}
+    return {"dtype": _checks.compute_dtype(x), "K": x.shape[-1], "N": out_features, "rows": _rows(x)}
+
+
+def qkv_key(x, n_head):
+    """The tuning key of a qkv_projection call: compute dtype, C, heads, tokens (B*T) bucketed."""
+    return {"dtype": _checks.compute_dtype(x), "C": x.shape[-1], "H": n_head, "tokens": _rows(x)}

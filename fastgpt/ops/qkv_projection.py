@@ -12,7 +12,6 @@ import torch
 from torch import Tensor
 
 from fastgpt import backends, reference
-from fastgpt.kernels import tuning
 from fastgpt.ops import _checks, _extension
 from fastgpt.ops._extension import _C
 
@@ -37,9 +36,7 @@ def _auto_order(x, weight, bias, n_head):
     cuBLAS (``reference``); force ``cuda`` to run the kernels."""
     if not x.is_cuda:
         return ()
-    key = {"dtype": _checks.compute_dtype(x), "C": x.shape[-1], "H": n_head,
-           "tokens": tuning.bucket(x.numel() // max(1, x.shape[-1]))}
-    tuned = _extension.tuned_backend("qkv_projection", x, key)
+    tuned = _extension.tuned_backend("qkv_projection", x, _extension.qkv_key(x, n_head))
     return (tuned,) if tuned else ()
 
 
